@@ -1,0 +1,395 @@
+"""Run ``python -m cycleinr upsample ...`` in a background process and follow it.
+
+No Qt and no MRML here, so everything (command building, progress/error parsing and the process runner
+itself) is tested with pytest against the real command line. In Slicer the widget calls
+``UpsampleProcess.poll()`` from a ``qt.QTimer``: output is read by a daemon thread into a queue and
+parsed on the caller's (GUI) thread, so callbacks may touch Qt and MRML safely. This mirrors Slicer's
+own non-blocking ``slicer.util.launchConsoleProcess`` (background reader thread + QTimer polling).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+PROGRESS_PATTERN = re.compile(r"progress (\d+(?:\.\d+)?)%")
+ERROR_PREFIX = "cycleinr: error:"
+DEVICES = ("auto", "cpu", "cuda")
+BUNDLED_MODELS = {"default": "cycleinr_paper", "fast": "cycleinr_fast"}
+EXIT_BAD_INPUT = 2
+
+
+# ------------------------------------------------------------------------------------------ locations
+
+def corePackageParent() -> str:
+    """Folder that holds the ``cycleinr`` package: the module folder (CycleINRSR/ in the source tree,
+    qt-scripted-modules/ once installed), i.e. the parent of this CycleINRSRLib package."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def modelsDirCandidates(moduleDir: str | None = None) -> list[str]:
+    """Where bundled weights may be, in the order the core's ``cycleinr.weights.models_dir`` looks:
+    <module dir>/Resources/Models (installed extension) then <module dir>/../Resources/Models (source)."""
+    moduleDir = moduleDir or corePackageParent()
+    return [os.path.join(moduleDir, "Resources", "Models"),
+            os.path.join(os.path.dirname(moduleDir), "Resources", "Models")]
+
+
+def findModelsDir(moduleDir: str | None = None) -> str | None:
+    """$CYCLEINR_MODELS if set, else the first candidate folder that exists, else None."""
+    env = os.environ.get("CYCLEINR_MODELS")
+    if env:
+        return env
+    for candidate in modelsDirCandidates(moduleDir):
+        if os.path.isdir(candidate):
+            return candidate
+    return None
+
+
+def bundledModelFile(choice: str, modelsDir: str | None = None) -> str | None:
+    """Path of a bundled model's .safetensors ('default' or 'fast') if present, else None."""
+    modelsDir = modelsDir if modelsDir is not None else findModelsDir()
+    if choice not in BUNDLED_MODELS or not modelsDir:
+        return None
+    path = os.path.join(modelsDir, BUNDLED_MODELS[choice] + ".safetensors")
+    return path if os.path.isfile(path) else None
+
+
+def findResourceFile(subfolder: str, name: str, moduleDir: str | None = None) -> str | None:
+    """A file installed under the module's Resources/<subfolder> (extension build) or the repository's
+    Resources/<subfolder> (source tree), else None."""
+    moduleDir = moduleDir or corePackageParent()
+    for base in (moduleDir, os.path.dirname(moduleDir)):
+        path = os.path.join(base, "Resources", subfolder, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def pythonExecutable(inSlicer: bool | None = None) -> str:
+    """Python that runs the background process: Slicer's ``PythonSlicer`` launcher inside Slicer (it sets
+    up Slicer's Python environment; Slicer adds it to PATH), else the current interpreter."""
+    if inSlicer is None:
+        # slicer.app exists only in the Slicer application, not with PyPI's slicer-core.
+        inSlicer = hasattr(sys.modules.get("slicer"), "app")
+    if inSlicer:
+        found = shutil.which("PythonSlicer")
+        if found:
+            return found
+        candidate = os.path.join(os.path.dirname(sys.executable),
+                                 "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer")
+        if os.path.isfile(candidate):
+            return candidate
+    return sys.executable
+
+
+# -------------------------------------------------------------------------------------- command line
+
+def _positive(name: str, value) -> float:
+    value = float(value)
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value:g}")
+    return value
+
+
+def buildUpsampleCommand(python: str, inputPath: str, outputPath: str, *, thickness: float | None = None,
+                         factor: float | None = None, model: str = "default", device: str = "auto",
+                         window: int | None = None, overlap: int | None = None, tile: int | None = None,
+                         reportPath: str | None = None) -> list[str]:
+    """Argument list of ``python -m cycleinr upsample``. Exactly one of ``thickness`` (target slice
+    spacing, mm) or ``factor``. ``window``/``overlap``/``tile`` of None or 0 mean the core's default
+    (the flag is left out); overlap may be 0 only when set explicitly with a window."""
+    if (thickness is None) == (factor is None):
+        raise ValueError("give exactly one of thickness (mm) or factor")
+    device = str(device).lower()
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if not model:
+        raise ValueError("no model given: choose 'default', 'fast' or a weights file")
+    command = [python, "-m", "cycleinr", "upsample", str(inputPath), str(outputPath)]
+    if thickness is not None:
+        command += ["--thickness", repr(_positive("target thickness", thickness))]
+    else:
+        command += ["--factor", repr(_positive("factor", factor))]
+    command += ["--model", str(model), "--device", device]
+    for flag, value in (("--window", window), ("--overlap", overlap), ("--tile", tile)):
+        if value:
+            if int(value) < 0:
+                raise ValueError(f"{flag} must be >= 0, got {value}")
+            command += [flag, str(int(value))]
+    if reportPath:
+        command += ["--report", str(reportPath)]
+    return command
+
+
+def buildEnvironment(baseEnvironment: dict | None = None, corePath: str | None = None,
+                     modelsDir: str | None = None) -> dict:
+    """Environment of the background process: the caller's, with the folder holding ``cycleinr`` first
+    on PYTHONPATH, unbuffered output (progress arrives as it happens) and CYCLEINR_MODELS if known."""
+    env = dict(os.environ if baseEnvironment is None else baseEnvironment)
+    corePath = corePath or corePackageParent()
+    paths = [corePath] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != corePath]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    if modelsDir:
+        env["CYCLEINR_MODELS"] = str(modelsDir)
+    return env
+
+
+# -------------------------------------------------------------------------------------- device probe
+
+_PROBE_TAG = "CYCLEINR_DEVICES"
+_PROBE_CODE = (
+    "import json\n"
+    "try:\n"
+    "    import torch\n"
+    "except Exception as exc:\n"
+    f"    print('{_PROBE_TAG} ' + json.dumps({{'torch': None, 'error': str(exc)}}))\n"
+    "else:\n"
+    "    cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]"
+    " if torch.cuda.is_available() else []\n"
+    f"    print('{_PROBE_TAG} ' + json.dumps({{'torch': torch.__version__, 'cuda': cuda}}))\n"
+)
+
+
+def deviceProbeCommand(python: str) -> list[str]:
+    """Command that reports, in the background process's environment, the torch version and CUDA GPUs
+    (so the panel can say what 'auto' will use without importing torch into Slicer itself)."""
+    return [python, "-c", _PROBE_CODE]
+
+
+def parseDeviceProbe(lines) -> dict | None:
+    """{'torch': version or None, 'cuda': [GPU names], 'error': ...} from the probe's output."""
+    import json
+
+    for line in reversed([str(x) for x in lines]):
+        if line.startswith(_PROBE_TAG + " "):
+            try:
+                return json.loads(line[len(_PROBE_TAG) + 1:])
+            except ValueError:
+                return None
+    return None
+
+
+def describeDevices(info: dict | None) -> str:
+    """One line for the panel from ``parseDeviceProbe``'s result."""
+    if not info:
+        return "Could not detect devices."
+    if not info.get("torch"):
+        return "PyTorch is not installed yet; it will be offered when you click Apply."
+    if info.get("cuda"):
+        return f"CUDA: {', '.join(info['cuda'])} (PyTorch {info['torch']}); auto uses the GPU."
+    return f"No CUDA GPU found (PyTorch {info['torch']}); auto uses the CPU."
+
+
+# --------------------------------------------------------------------------------------------- parsing
+
+def parseProgress(line: str) -> float | None:
+    """Percentage (0-100) from a line holding ``progress NN.N%`` (the last one if several), else None."""
+    matches = PROGRESS_PATTERN.findall(line or "")
+    if not matches:
+        return None
+    return min(max(float(matches[-1]), 0.0), 100.0)
+
+
+def parseErrorLine(line: str) -> str | None:
+    """Reason from a ``cycleinr: error: <reason>`` line, else None."""
+    index = (line or "").find(ERROR_PREFIX)
+    if index < 0:
+        return None
+    return line[index + len(ERROR_PREFIX):].strip() or "unknown error"
+
+
+def errorMessage(lines, returnCode: int | None) -> str:
+    """What to show the user when the process failed: the last ``cycleinr: error:`` reason if any, else
+    the last meaningful output lines (e.g. a traceback's last line), else the exit status."""
+    lines = [str(line).rstrip() for line in lines]
+    for line in reversed(lines):
+        reason = parseErrorLine(line)
+        if reason:
+            return reason
+    meaningful = [line for line in lines if line.strip() and parseProgress(line) is None]
+    if meaningful:
+        return "\n".join(meaningful[-3:])
+    if returnCode is not None and returnCode < 0:
+        try:
+            name = signal.Signals(-returnCode).name
+        except ValueError:
+            name = str(-returnCode)
+        return f"the process was killed by signal {name} (out of memory?)"
+    return f"the process failed with exit code {returnCode}"
+
+
+class OutputParser:
+    """Incremental parser of the process's output: splits on newlines and carriage returns (tqdm-style
+    updates), keeps the last ``maxLines`` lines, the latest progress and the latest error reason."""
+
+    def __init__(self, onProgress: Callable[[float], None] | None = None,
+                 onLine: Callable[[str], None] | None = None, maxLines: int = 500):
+        self.onProgress = onProgress
+        self.onLine = onLine
+        self.lines = collections.deque(maxlen=maxLines)
+        self.progress: float | None = None
+        self.error: str | None = None
+        self._partial = ""
+
+    def feed(self, text: str) -> None:
+        text = self._partial + text.replace("\r\n", "\n").replace("\r", "\n")
+        *complete, self._partial = text.split("\n")
+        for line in complete:
+            self._line(line)
+
+    def close(self) -> None:
+        if self._partial:
+            self._line(self._partial)
+            self._partial = ""
+
+    def _line(self, line: str) -> None:
+        self.lines.append(line)
+        if self.onLine is not None:
+            self.onLine(line)
+        progress = parseProgress(line)
+        if progress is not None:
+            self.progress = progress
+            if self.onProgress is not None:
+                self.onProgress(progress)
+        reason = parseErrorLine(line)
+        if reason is not None:
+            self.error = reason
+
+
+# ------------------------------------------------------------------------------------------------ runner
+
+class UpsampleProcess:
+    """One background process. ``start()``, then ``poll()`` regularly (from a QTimer in Slicer) until it
+    returns the exit code, or ``wait()``; ``cancel()`` kills it (and any children)."""
+
+    def __init__(self, command: list[str], env: dict | None = None, cwd: str | None = None,
+                 onProgress: Callable[[float], None] | None = None,
+                 onLine: Callable[[str], None] | None = None):
+        self.command = list(command)
+        self.env = env
+        self.cwd = cwd
+        self.parser = OutputParser(onProgress=onProgress, onLine=onLine)
+        self.returnCode: int | None = None
+        self.cancelled = False
+        self._process: subprocess.Popen | None = None
+        self._queue: queue.Queue = queue.Queue()
+        self._reader: threading.Thread | None = None
+
+    # -- lifecycle
+    def start(self) -> None:
+        if self._process is not None:
+            raise RuntimeError("process already started")
+        kwargs = {}
+        if os.name == "nt":
+            kwargs["creationflags"] = subprocess.CREATE_NO_WINDOW | subprocess.CREATE_NEW_PROCESS_GROUP
+        else:
+            kwargs["start_new_session"] = True  # own process group: cancel kills workers too
+        self._process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd, **kwargs)
+        self._reader = threading.Thread(target=self._read, args=(self._process.stdout,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream) -> None:
+        try:
+            while True:
+                chunk = stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096)
+                if not chunk:
+                    break
+                self._queue.put(chunk)
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._queue.put(None)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self.returnCode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def _drain(self) -> bool:
+        """Parse queued output; True once the reader reached end of output."""
+        ended = False
+        while True:
+            try:
+                chunk = self._queue.get_nowait()
+            except queue.Empty:
+                return ended
+            if chunk is None:
+                ended = True
+                continue
+            self.parser.feed(chunk.decode("utf-8", errors="replace"))
+
+    def poll(self) -> int | None:
+        """Parse new output; the exit code once the process has ended and all output is parsed."""
+        if self._process is None:
+            raise RuntimeError("process not started")
+        if self.returnCode is not None:
+            return self.returnCode
+        ended = self._drain()
+        code = self._process.poll()
+        if code is None:
+            return None
+        if not ended:
+            # Output may still be in flight: wait briefly for the reader to reach end of file.
+            if self._reader is not None:
+                self._reader.join(timeout=5.0)
+            self._drain()
+        self.parser.close()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+        self.returnCode = code
+        return code
+
+    def wait(self, timeout: float | None = None, interval: float = 0.05) -> int:
+        """Block until the process ends (calling ``poll``); TimeoutError after ``timeout`` seconds."""
+        start = time.monotonic()
+        while True:
+            code = self.poll()
+            if code is not None:
+                return code
+            if timeout is not None and time.monotonic() - start > timeout:
+                raise TimeoutError(f"process did not finish within {timeout} s")
+            time.sleep(interval)
+
+    def cancel(self) -> None:
+        """Kill the process and its children now; ``poll()`` then returns the (signal) exit code."""
+        self.cancelled = True
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        try:
+            if os.name == "nt":
+                process.kill()
+            else:
+                os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, OSError):
+            process.kill()
+        process.wait(timeout=10)
+
+    # -- results
+    @property
+    def progress(self) -> float | None:
+        return self.parser.progress
+
+    @property
+    def succeeded(self) -> bool:
+        return self.returnCode == 0 and not self.cancelled
+
+    def errorMessage(self) -> str:
+        if self.cancelled:
+            return "cancelled"
+        return errorMessage(list(self.parser.lines), self.returnCode)

@@ -1,0 +1,220 @@
+"""Training (paper section 3.2 and 4.1): L1 fit + lambda * cycle loss, Adam, learning rate halved periodically.
+
+``L = |G(I_lr, C_hr) - I_hr|_1 + lambda * |G(G(I_lr, C_hr), C_lr) - I_lr|_1`` (Eq. 6-9): the cycle
+re-samples the generated HR block at the LR slice positions through the same network. lambda = 0 is the
+"no CCL" ablation; ``neighbours = 0`` in the model configuration is the "no LAM" one.
+
+Checkpoints hold the model, Adam's moments, the torch and numpy generator states and the history, as
+safetensors + JSON (no pickle), so ``resume`` continues exactly where a run stopped: a resumed run gives
+the same weights as an uninterrupted one with the same seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import preset
+from .data import Batch, Volume, sample_batch
+from .degrade import simulate_thick
+from .inference import Cancelled, _check_cancel, select_device, upsample
+from .model import CycleINR
+from .weights import WeightsError, load_tensors, save_model, save_tensors
+
+
+@dataclass
+class TrainSettings:
+    """Everything that defines a training run (saved with checkpoints and weights)."""
+
+    preset: str = "paper"
+    model_overrides: dict = field(default_factory=dict)   # e.g. {"neighbours": 0} for the INR-only ablation
+    scale_min: float = 2.0
+    scale_max: float = 6.0
+    degradation: str = "interval"      # or "slab"
+    cycle_weight: float = 1.0          # lambda of Eq. 9
+    epochs: int = 3000
+    iterations_per_epoch: int = 20
+    learning_rate: float = 1e-4
+    halve_every: int = 200             # epochs
+    lr_slices: int = 6                 # thick slices per training patch
+    patch: int = 32                    # in-plane patch size
+    batch_size: int = 2
+    augment: bool = True
+    noise_hu: float = 10.0
+    seed: int = 0
+    checkpoint_every: int = 10         # epochs
+    validate_every: int = 10           # epochs
+    validation_scales: tuple = (2.0, 3.0, 5.0)
+    max_minutes: float | None = None   # stop (and save) at the first epoch end past this wall time
+
+    def __post_init__(self):
+        if not 1 < self.scale_min <= self.scale_max:
+            raise ValueError(f"scales must satisfy 1 < min <= max, got {self.scale_min}..{self.scale_max}")
+        if self.cycle_weight < 0:
+            raise ValueError("the cycle-loss weight lambda must be >= 0")
+        if self.epochs < 1 or self.iterations_per_epoch < 1 or self.batch_size < 1:
+            raise ValueError("epochs, iterations per epoch and batch size must be positive")
+        if self.lr_slices < 2 or self.patch < 4:
+            raise ValueError("patches need at least 2 thick slices and 4x4 pixels")
+
+
+def losses(model: CycleINR, batch: Batch, cycle_weight: float, device) -> dict[str, torch.Tensor]:
+    """Fit and cycle L1 losses of one batch (Eq. 8, 7) and their weighted sum (Eq. 9)."""
+    lr = torch.from_numpy(batch.lr).to(device)
+    hr = torch.from_numpy(batch.hr).to(device)
+    pred = model(lr, torch.from_numpy(batch.z_hr))
+    fit = (pred - hr).abs().mean()
+    out = {"fit": fit, "total": fit}
+    if cycle_weight > 0:
+        valid = batch.z_lr <= hr.shape[1] - 1 + 1e-4        # LR slices inside the generated HR block
+        back = model(pred[:, None], torch.from_numpy(batch.z_lr[valid]))
+        cycle = (back - lr[:, 0, torch.from_numpy(valid).to(device)]).abs().mean()
+        out["cycle"] = cycle
+        out["total"] = fit + cycle_weight * cycle
+    return out
+
+
+def validate(model: CycleINR, volumes: list[np.ndarray], scales, mode: str, device) -> dict[str, float]:
+    """Mean PSNR (HU window [-1024, 2048]) and SNLI of upsampled simulated thick slices."""
+    from .metrics import psnr, snli
+
+    model.eval()
+    psnrs, snlis = [], []
+    for hr in volumes:
+        for s in scales:
+            lr, pos = simulate_thick(hr, s, mode)
+            res = upsample(lr, (1.0, 1.0, float(s)), factor=s, model=model, device=device)
+            ref = hr[: len(res.positions)]
+            psnrs.append(psnr(ref, res.array))
+            snlis.append(snli(res.array).value)
+    model.train()
+    return {"val_psnr": float(np.mean(psnrs)), "val_snli": float(np.mean(snlis))}
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    state = opt.state_dict()
+    tensors = {f"optim.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
+    return tensors, {"param_groups": state["param_groups"], "keys": sorted(tensors)}
+
+
+def save_checkpoint(path: Path, model, opt, rng: np.random.Generator, epoch: int, history: list,
+                    settings: TrainSettings, best: dict) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_tensors, opt_meta = _optimizer_tensors(opt)
+    tensors.update(opt_tensors)
+    tensors["torch_rng"] = torch.get_rng_state()
+    meta = {"format": "cycleinr-checkpoint/1", "epoch": epoch, "settings": asdict(settings),
+            "config": model.config.to_dict(), "optimizer": opt_meta, "numpy_rng": rng.bit_generator.state,
+            "history": history, "best": best}
+    save_tensors(path, tensors, meta)
+
+
+def load_checkpoint(path: Path, model, opt, rng: np.random.Generator) -> dict:
+    tensors, meta = load_tensors(path)
+    if meta.get("format") != "cycleinr-checkpoint/1":
+        raise WeightsError(f"{path}: not a CycleINR training checkpoint")
+    if meta["config"] != model.config.to_dict():
+        raise WeightsError(f"{path}: checkpoint was made with a different model configuration")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict = {"state": {}, "param_groups": meta["optimizer"]["param_groups"]}
+    for key in meta["optimizer"]["keys"]:
+        _, idx, name = key.split(".", 2)
+        state["state"].setdefault(int(idx), {})[name] = tensors[key]
+    opt.load_state_dict(state)
+    torch.set_rng_state(tensors["torch_rng"])
+    rng.bit_generator.state = meta["numpy_rng"]
+    return meta
+
+
+def _snapshot(model, opt, rng) -> tuple:
+    return (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), rng.bit_generator.state,
+            torch.get_rng_state())
+
+
+def _restore(snapshot, model, opt, rng) -> None:
+    model.load_state_dict(snapshot[0])
+    opt.load_state_dict(snapshot[1])
+    rng.bit_generator.state = snapshot[2]
+    torch.set_rng_state(snapshot[3])
+
+
+def train(volumes: list[Volume], settings: TrainSettings, output: str | Path, validation: list[np.ndarray] = (),
+          resume: str | Path | None = None, device="auto", log: Callable[[dict], None] | None = None,
+          cancel=None, stop_after_epoch: int | None = None, info: dict | None = None) -> dict:
+    """Train and write ``output`` (.safetensors + .json). Returns a summary.
+
+    A checkpoint ``<output stem>.ckpt.safetensors`` is written every ``checkpoint_every`` epochs, on
+    cancel/interrupt and at the end; ``resume`` continues from one. With validation volumes the weights
+    of the best validation PSNR are written to ``output``; without, the last ones. ``output`` only ever
+    receives complete files. ``stop_after_epoch`` ends the run early (as an interruption would).
+    """
+    output = Path(output)
+    if output.suffix != ".safetensors":
+        raise ValueError(f"{output}: the weights file must end in .safetensors")
+    if not output.parent.is_dir():
+        raise ValueError(f"{output}: folder {output.parent} does not exist")
+    ckpt = output.with_name(output.stem + ".ckpt.safetensors")
+    dev = select_device(device)
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    config = preset(settings.preset, **settings.model_overrides)
+    model = CycleINR(config).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    history, best, start_epoch = [], {"val_psnr": -math.inf, "epoch": 0}, 0
+    if resume:
+        meta = load_checkpoint(Path(resume), model, opt, rng)
+        history, best, start_epoch = meta["history"], meta["best"], meta["epoch"]
+    info = {"training": {"settings": asdict(settings), "volumes": [v.name for v in volumes], **(info or {})}}
+    last = stop_after_epoch if stop_after_epoch is not None else settings.epochs
+    norm = (config.intensity_offset, config.intensity_scale)
+    model.train()
+    started = time.perf_counter()
+    epoch = start_epoch
+    snapshot = _snapshot(model, opt, rng)
+    try:
+        for epoch in range(start_epoch + 1, min(last, settings.epochs) + 1):
+            snapshot = _snapshot(model, opt, rng)
+            for group in opt.param_groups:
+                group["lr"] = settings.learning_rate * 0.5 ** ((epoch - 1) // settings.halve_every)
+            sums: dict[str, float] = {}
+            for _ in range(settings.iterations_per_epoch):
+                _check_cancel(cancel)
+                batch = sample_batch(rng, volumes, settings.batch_size, settings.lr_slices, settings.patch,
+                                     (settings.scale_min, settings.scale_max), settings.degradation,
+                                     settings.augment, settings.noise_hu, *norm)
+                parts = losses(model, batch, settings.cycle_weight, dev)
+                opt.zero_grad(set_to_none=True)
+                parts["total"].backward()
+                opt.step()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) / settings.iterations_per_epoch
+            record = {"epoch": epoch, "epochs": settings.epochs, "lr": opt.param_groups[0]["lr"],
+                      "seconds": round(time.perf_counter() - started, 2), **{f"loss_{k}": v for k, v in sums.items()}}
+            if validation and (epoch % settings.validate_every == 0 or epoch == settings.epochs):
+                record.update(validate(model, validation, settings.validation_scales, settings.degradation, dev))
+                if record["val_psnr"] > best["val_psnr"]:
+                    best = {"val_psnr": record["val_psnr"], "epoch": epoch}
+                    save_model(output, model, **info, best=best)
+            history.append(record)
+            if log:
+                log(record)
+            if epoch % settings.checkpoint_every == 0:
+                save_checkpoint(ckpt, model, opt, rng, epoch, history, settings, best)
+            if settings.max_minutes is not None and time.perf_counter() - started > 60 * settings.max_minutes:
+                break
+    except (KeyboardInterrupt, Cancelled):
+        _restore(snapshot, model, opt, rng)          # the state at the start of the unfinished epoch
+        history = [h for h in history if h["epoch"] < epoch]
+        save_checkpoint(ckpt, model, opt, rng, epoch - 1, history, settings, best)
+        raise
+    save_checkpoint(ckpt, model, opt, rng, epoch, history, settings, best)
+    if not validation:
+        save_model(output, model, **info, epoch=epoch)
+    return {"epoch": epoch, "best": best, "history": history, "output": str(output), "checkpoint": str(ckpt)}

@@ -1,0 +1,109 @@
+"""Reading and writing volumes with SimpleITK: any file it reads, or a DICOM series folder.
+
+Writes are atomic (a temporary file in the destination folder, then a rename) so that a failed or
+cancelled run never leaves a half-written file where a good one was.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .geometry import Geometry
+
+
+class VolumeError(ValueError):
+    """A volume that cannot be used: the message says what is wrong and what to do."""
+
+
+def geometry_of(image: sitk.Image) -> Geometry:
+    return Geometry(tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    """Read a volume file (NIfTI, NRRD, MHA, ...) or the largest DICOM series in a folder."""
+    path = Path(path)
+    if not path.exists():
+        raise VolumeError(f"{path}: no such file or folder")
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(str(path))
+            if not series:
+                raise VolumeError(f"{path}: folder holds no DICOM series; give a volume file or a DICOM folder")
+            files = max((reader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
+            reader.SetFileNames(files)
+            return reader.Execute()
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        raise VolumeError(f"{path}: SimpleITK cannot read it ({first})") from None
+
+
+def check_volume(array: np.ndarray, what: str = "volume") -> None:
+    """Reject arrays the model cannot upsample, with a message that says how to fix the input."""
+    if array.ndim != 3:
+        raise VolumeError(f"{what} must be 3D (z, y, x); got {array.ndim}D with shape {array.shape}. "
+                          "Give a single scalar 3D volume (split 4D series, stack 2D slices first).")
+    if array.size == 0 or min(array.shape) < 1:
+        raise VolumeError(f"{what} is empty (shape {array.shape})")
+    if array.shape[0] < 2:
+        raise VolumeError(f"{what} has {array.shape[0]} slice; upsampling along the slice axis needs at least 2")
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise VolumeError(f"{what} has pixel type {array.dtype}; a real scalar volume is needed")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise VolumeError(f"{what} contains NaN or infinite values; replace them (e.g. with the background value) first")
+
+
+def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Geometry, int]:
+    """Return the (z, y, x) array, its geometry and SimpleITK pixel id, after checking it is usable."""
+    image = read_image(path)
+    if image.GetDimension() != 3:
+        raise VolumeError(f"{path}: image is {image.GetDimension()}D; a 3D volume is needed")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise VolumeError(f"{path}: image has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+                          "a scalar (grey-level) volume is needed")
+    array = sitk.GetArrayFromImage(image)
+    check_volume(array, str(path))
+    return array, geometry_of(image), image.GetPixelID()
+
+
+def cast_like(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round and clip a float array into an integer dtype's range (or just cast to a float dtype)."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(array), info.min, info.max).astype(dtype)
+    return array.astype(dtype)
+
+
+def to_image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(float(s) for s in geometry.spacing))
+    image.SetOrigin(tuple(float(o) for o in geometry.origin))
+    image.SetDirection(tuple(float(d) for d in geometry.direction))
+    return image
+
+
+def write_volume(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, dtype=None) -> Path:
+    """Write atomically: to a temporary file beside ``path``, renamed over it only once complete."""
+    path = Path(path)
+    if dtype is not None:
+        array = cast_like(array, dtype)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise VolumeError(f"{path}: folder {folder} does not exist")
+    suffix = "".join(path.suffixes) or ".nrrd"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        sitk.WriteImage(to_image(array, geometry), tmp, True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

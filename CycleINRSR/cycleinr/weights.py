@@ -1,0 +1,119 @@
+"""Weights on disk: a ``.safetensors`` file of tensors plus a ``.json`` beside it with the configuration.
+
+Nothing here unpickles: safetensors holds raw tensors and JSON holds everything else, so a weights file
+from an untrusted source can at worst hold wrong numbers, never run code. Both files are written to a
+temporary name and renamed, so an interrupted save never leaves a half-written file at the path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+from .model import CycleINR
+
+FORMAT = "cycleinr-weights/1"
+BUNDLED = {"default": "cycleinr_paper", "paper": "cycleinr_paper", "fast": "cycleinr_fast"}
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be used: missing, unreadable, or not matching their configuration."""
+
+
+def models_dir() -> Path:
+    """Where the bundled models are: $CYCLEINR_MODELS, else Resources/Models in the source tree or the
+    Slicer install (next to the package's parent folder, or one level above it)."""
+    env = os.environ.get("CYCLEINR_MODELS")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    candidates = [here.parent / "Resources" / "Models", here.parent.parent / "Resources" / "Models"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return candidates[-1]
+
+
+def json_path(path: Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Write ``path`` (.safetensors) and its .json atomically; the JSON is written last, so a file pair
+    whose JSON exists is complete."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{path}: weights files end in .safetensors")
+    if not path.parent.is_dir():
+        raise WeightsError(f"{path}: folder {path.parent} does not exist")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic(path, lambda tmp: save_file(tensors, tmp))
+    _atomic(json_path(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    return path
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    path = Path(path)
+    if path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    if not json_path(path).is_file():
+        raise WeightsError(f"{path}: its configuration {json_path(path).name} is missing beside it")
+    try:
+        meta = json.loads(json_path(path).read_text())
+        tensors = load_file(str(path))
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: cannot read weights ({exc})") from None
+    return tensors, meta
+
+
+def save_model(path, model: CycleINR, **info) -> Path:
+    """Save a model's weights with its configuration and free-form info (training data, scales, ...)."""
+    meta = {"format": FORMAT, "config": model.config.to_dict(), **info}
+    return save_tensors(path, model.state_dict(), meta)
+
+
+def resolve(spec: str | os.PathLike) -> Path:
+    """'default', 'paper', 'fast' (bundled) or a path to a .safetensors file."""
+    name = BUNDLED.get(str(spec))
+    if name is not None:
+        path = models_dir() / f"{name}.safetensors"
+        if not path.is_file():
+            raise WeightsError(f"bundled model '{spec}' not found at {path}; set CYCLEINR_MODELS to the "
+                               "folder holding cycleinr_*.safetensors or give a weights file path")
+        return path
+    return Path(spec)
+
+
+def load_model(spec: str | os.PathLike = "default", device: str | torch.device = "cpu") -> CycleINR:
+    """Build the network from the JSON configuration and load its tensors (strictly: every key must match)."""
+    path = resolve(spec)
+    tensors, meta = load_tensors(path)
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise WeightsError(f"{path}: not a CycleINR weights file (format {meta.get('format')!r})")
+    model = CycleINR(ModelConfig.from_dict(meta["config"]))
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path}: tensors do not match the configuration ({str(exc).splitlines()[0]})") from None
+    model.meta = meta
+    model.source = str(path)
+    return model.to(device).eval()

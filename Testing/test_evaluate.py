@@ -1,0 +1,115 @@
+"""The evaluate command on a small synthetic CT: CSV/Markdown/figures written, clear errors."""
+
+import argparse
+import csv
+
+import numpy as np
+import pytest
+
+from cycleinr import evaluate
+from cycleinr.geometry import Geometry
+from cycleinr.volume_io import write_volume
+
+REQUIRED = ["volume", "scale", "method", "psnr", "ssim", "psnr_new", "ssim_new", "snli", "dice_bone", "nsd_bone",
+            "dice_soft", "nsd_soft", "lpips_alex", "lpips_vgg", "lpips_squeeze"]
+
+
+def phantom(shape=(40, 48, 48), seed=0):
+    """Air, a soft-tissue ellipsoid with noise and a bone shell: HU int16."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    r = np.sqrt(((z - 20) / 18.0) ** 2 + ((y - 24) / 20.0) ** 2 + ((x - 24) / 19.0) ** 2)
+    vol = np.full(shape, -1000.0)
+    vol[r < 1.0] = 900.0
+    vol[r < 0.85] = 40.0 + 25.0 * np.sin(z[r < 0.85] / 3.0)
+    vol += rng.normal(0, 15, shape)
+    return vol.astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def ct_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ct") / "phantom.nrrd"
+    write_volume(path, phantom(), Geometry(spacing=(0.8, 0.8, 1.0)))
+    return path
+
+
+def run_cli(argv):
+    parser = argparse.ArgumentParser()
+    evaluate.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["evaluate", *map(str, argv)])
+    return args.func(args)
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_baselines_write_csv_and_markdown(ct_file, tmp_path, capsys):
+    out = tmp_path / "res"
+    rc = run_cli([ct_file, "--scales", "2", "5", "--methods", "nearest", "linear", "cubic", "--out", out,
+                  "--no-figures", "--no-lpips"])
+    assert rc == 0
+    rows = read_rows(out / "results.csv")
+    assert set(REQUIRED) <= set(rows[0])
+    assert [(r["scale"], r["method"]) for r in rows] == [
+        (s, m) for s in ("2", "5") for m in ("HR", "nearest", "linear", "cubic")]
+    assert {r["volume"] for r in rows} == {"phantom"}
+    by = {(r["scale"], r["method"]): r for r in rows}
+    for key in [("2", "linear"), ("5", "cubic")]:
+        row = by[key]
+        assert 15 < float(row["psnr"]) < 80 and 0 < float(row["ssim"]) <= 1
+        assert float(row["psnr_new"]) < float(row["psnr"])  # original slices are exact copies
+        assert 0 < float(row["dice_bone"]) <= 1 and 0 < float(row["nsd_bone"]) <= 1
+        assert row["lpips_alex"] == ""  # skipped, not invented
+    # x5 on 40 slices: 8 LR slices -> outputs on HR slices 0..35, of which 28 are new
+    assert by[("5", "linear")]["slices"] == "36" and by[("5", "linear")]["new_slices"] == "28"
+    assert float(by[("2", "linear")]["psnr"]) > float(by[("5", "linear")]["psnr"])
+    assert float(by[("2", "linear")]["psnr"]) > float(by[("2", "nearest")]["psnr"])
+    assert by[("2", "HR")]["psnr"] == "" and float(by[("2", "HR")]["snli"]) > 0
+    md = (out / "results.md").read_text()
+    assert "## Scale x2" in md and "## Scale x5" in md and "| cubic |" in md and "SNLI" in md
+    assert "evaluate [" in capsys.readouterr().err  # progress bar
+
+
+def test_figures_are_written(ct_file, tmp_path):
+    out = tmp_path / "fig"
+    assert run_cli([ct_file, "--scales", "3", "--methods", "linear", "--out", out, "--no-lpips"]) == 0
+    for kind in ("views", "noise"):
+        png = out / "figures" / f"phantom_x3_{kind}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_too_thin_volume_and_unreadable_file(ct_file, tmp_path, capsys):
+    thin = tmp_path / "thin.nrrd"
+    write_volume(thin, phantom((4, 16, 16)), Geometry())
+    bad = tmp_path / "broken.nrrd"
+    bad.write_text("not a volume")
+    out = tmp_path / "res"
+    rc = run_cli([thin, bad, ct_file, "--scales", "5", "--methods", "linear", "--out", out, "--no-figures",
+                  "--no-lpips"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert any("thin: 4 slices are too thin for scale x5" in line for line in lines)
+    assert any("broken.nrrd" in line and "cannot read" in line for line in lines)
+    assert "Traceback" not in err
+    rows = read_rows(out / "results.csv")  # the good volume is still evaluated
+    assert {r["volume"] for r in rows} == {"phantom"}
+
+
+def test_unknown_method_and_missing_model_fail_before_work(ct_file, tmp_path, capsys):
+    assert run_cli([ct_file, "--methods", "bicubic", "--out", tmp_path / "a", "--no-lpips"]) == 2
+    assert "unknown method 'bicubic'" in capsys.readouterr().err
+    rc = run_cli([ct_file, "--methods", "linear", "--extra-model", f"INR={tmp_path / 'none.safetensors'}",
+                  "--out", tmp_path / "b", "--no-lpips"])
+    assert rc == 2
+    assert "none.safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "results.csv").exists()
+    with pytest.raises(SystemExit):
+        run_cli([ct_file, "--extra-model", "nopath", "--out", tmp_path / "c"])
+
+
+def test_new_slice_mask():
+    assert evaluate.new_slice_mask(7, 3).tolist() == [False, True, True, False, True, True, False]
+    assert evaluate.new_slice_mask(6, 2.5).tolist() == [False, True, True, True, True, False]

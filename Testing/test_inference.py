@@ -1,0 +1,102 @@
+"""upsample(): output grid and geometry, sliding windows, bad inputs, progress and cancel."""
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import make_model, phantom
+
+from cycleinr import Cancelled, upsample
+from cycleinr.geometry import Geometry, output_slice_count, output_slice_positions, resolve_target_spacing
+from cycleinr.volume_io import VolumeError
+
+
+@pytest.mark.parametrize("n, spacing, target, expected", [
+    (10, 5.0, 1.0, 46), (10, 5.0, 1.25, 37), (7, 3.0, 1.0, 19), (64, 5.0, 0.7, 451), (3, 2.5, 1.0, 6)])
+def test_output_slice_count(n, spacing, target, expected):
+    assert output_slice_count(n, spacing, target) == expected
+    pos = output_slice_positions(n, spacing, target)
+    assert pos[0] == 0 and pos[-1] <= n - 1 + 1e-12
+    assert np.allclose(np.diff(pos) * spacing, target)
+    assert (n - 1) - pos[-1] < target / spacing                     # nothing more fits before the end
+
+
+@pytest.mark.parametrize("spacing, kwargs", [((0.8, 0.8, 5.0), {"target_spacing": 1.0}),
+                                             ((0.5, 0.7, 3.0), {"factor": 2.5}),
+                                             ((1.0, 1.0, 2.0), {"target_spacing": 0.3})])
+def test_upsample_geometry(tiny_model, volume, spacing, kwargs):
+    target = resolve_target_spacing(spacing[2], kwargs.get("target_spacing"), kwargs.get("factor"))
+    res = upsample(volume, spacing, model=tiny_model, **kwargs)
+    assert res.spacing == (spacing[0], spacing[1], pytest.approx(target))
+    assert res.array.shape == (output_slice_count(volume.shape[0], spacing[2], target),) + volume.shape[1:]
+    assert res.array.dtype == np.float32 and np.isfinite(res.array).all()
+    geo = Geometry(spacing, (10.0, -20.0, 30.0), (1, 0, 0, 0, 0, 1, 0, -1, 0))
+    out = res.geometry(geo)
+    for k in (0, len(res.positions) - 1):                            # slice k lies at input index positions[k]
+        assert np.allclose(out.index_to_physical((2, 3, k)), geo.index_to_physical((2, 3, res.positions[k])))
+
+
+def test_output_on_input_slices_keeps_their_values_at_start(volume):
+    """A zero-initialised (linear) model reproduces input slices where output and input coincide."""
+    from cycleinr import CycleINR, preset
+    res = upsample(volume, (1, 1, 4.0), factor=4, model=CycleINR(preset("fast")))
+    assert np.allclose(res.array[::4], volume, atol=1e-3)
+
+
+def test_sliding_window_equals_whole_volume():
+    model = make_model(seed=5)
+    vol = phantom((14, 30, 33)).astype(np.float32)
+    whole = upsample(vol, (1, 1, 3.0), factor=3, model=model, window=100, tile=1000)
+    exact = upsample(vol, (1, 1, 3.0), factor=3, model=model, window=5, overlap=2, tile=12,
+                     margin=model.config.context_radius)
+    default = upsample(vol, (1, 1, 3.0), factor=3, model=model, window=5, overlap=2, tile=12)
+    span = np.ptp(whole.array)
+    assert np.abs(exact.array - whole.array).max() < 1e-5 * span       # float precision
+    assert np.abs(default.array - whole.array).max() < 1e-2 * span     # context cut at window edges
+    assert np.abs(whole.array - np.repeat(vol, 3, 0)[:len(whole.positions)]).max() > 1  # not trivial
+
+
+def test_input_is_not_modified(tiny_model, volume):
+    before = volume.copy()
+    upsample(volume, (1, 1, 2.0), factor=2, model=tiny_model)
+    assert np.array_equal(volume, before)
+
+
+@pytest.mark.parametrize("array, kwargs, message", [
+    (np.zeros((5, 6)), {"factor": 2}, "must be 3D"),
+    (np.zeros((2, 3, 4, 5)), {"factor": 2}, "must be 3D"),
+    (np.zeros((0, 4, 4)), {"factor": 2}, "empty"),
+    (np.zeros((1, 4, 4)), {"factor": 2}, "at least 2"),
+    (np.full((3, 4, 4), np.nan), {"factor": 2}, "NaN"),
+    (np.zeros((3, 4, 4)), {"factor": 1.0}, "factor must be > 1"),
+    (np.zeros((3, 4, 4)), {"factor": 0.5}, "factor must be > 1"),
+    (np.zeros((3, 4, 4)), {"target_spacing": 2.0}, "not smaller than"),
+    (np.zeros((3, 4, 4)), {"target_spacing": 3.0}, "not smaller than"),
+    (np.zeros((3, 4, 4)), {}, "exactly one"),
+])
+def test_bad_inputs_are_rejected(tiny_model, array, kwargs, message):
+    with pytest.raises((ValueError, VolumeError), match=message):
+        upsample(array, (1, 1, 2.0), model=tiny_model, **kwargs)
+
+
+def test_bad_spacing_and_device(tiny_model, volume):
+    with pytest.raises(ValueError, match="spacing"):
+        upsample(volume, (1, 1, 0), factor=2, model=tiny_model)
+    with pytest.raises(ValueError, match="device"):
+        upsample(volume, (1, 1, 2), factor=2, model=tiny_model, device="tpu")
+
+
+def test_progress_and_cancel(tiny_model, volume):
+    calls = []
+    upsample(volume, (1, 1, 2.0), factor=2, model=tiny_model, window=4, overlap=1,
+             progress=lambda done, total: calls.append((done, total)))
+    assert [d for d, _ in calls] == list(range(1, len(calls) + 1)) and len(calls) > 1
+    assert calls[-1][0] == calls[-1][1]
+    event = threading.Event()
+
+    def cancel_after_first(done, total):
+        event.set()
+
+    with pytest.raises(Cancelled):
+        upsample(volume, (1, 1, 2.0), factor=2, model=tiny_model, window=4, overlap=1,
+                 progress=cancel_after_first, cancel=event)

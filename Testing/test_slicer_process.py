@@ -1,0 +1,386 @@
+"""Tier 2: the background-process side of the Slicer module (CycleINRSRLib.process, .upsampling).
+
+The command building and output parsing are pure functions; the runner and the job are exercised with the
+REAL ``python -m cycleinr upsample`` command line in a subprocess (tiny randomly initialised weights, tiny
+volumes), and the job with real MRML from slicer-core. Nothing here needs Qt.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "CycleINRSR"))
+
+from CycleINRSRLib import process as proc  # noqa: E402
+
+HAS_CLI = (ROOT / "CycleINRSR" / "cycleinr" / "cli.py").is_file() and \
+    (ROOT / "CycleINRSR" / "cycleinr" / "__main__.py").is_file()
+needs_cli = pytest.mark.skipif(not HAS_CLI, reason="core command line (cycleinr/cli.py) not written yet")
+
+
+# ------------------------------------------------------------------------------------ command line
+
+def test_command_with_thickness_and_defaults():
+    cmd = proc.buildUpsampleCommand("py", "in.nrrd", "out.nrrd", thickness=1.25)
+    assert cmd == ["py", "-m", "cycleinr", "upsample", "in.nrrd", "out.nrrd", "--thickness", "1.25",
+                   "--model", "default", "--device", "auto"]
+
+
+def test_command_with_everything():
+    cmd = proc.buildUpsampleCommand("py", "a b/in.nrrd", "out.nrrd", factor=4, model="/w/m.safetensors",
+                                    device="CUDA", window=8, overlap=2, tile=128, reportPath="r.json")
+    assert cmd[:6] == ["py", "-m", "cycleinr", "upsample", "a b/in.nrrd", "out.nrrd"]
+    args = cmd[6:]
+    assert args == ["--factor", "4.0", "--model", "/w/m.safetensors", "--device", "cuda", "--window", "8",
+                    "--overlap", "2", "--tile", "128", "--report", "r.json"]
+
+
+def test_command_zero_means_core_default():
+    cmd = proc.buildUpsampleCommand("py", "i", "o", thickness=1, window=0, overlap=None, tile=0)
+    assert "--window" not in cmd and "--overlap" not in cmd and "--tile" not in cmd
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(), "exactly one"),
+    (dict(thickness=1, factor=2), "exactly one"),
+    (dict(thickness=0), "> 0"),
+    (dict(thickness=-1), "> 0"),
+    (dict(factor=2, device="tpu"), "device"),
+    (dict(factor=2, model=""), "model"),
+    (dict(factor=2, window=-3), "window"),
+])
+def test_command_rejects(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        proc.buildUpsampleCommand("py", "i", "o", **kwargs)
+
+
+def test_environment_puts_core_first(tmp_path):
+    env = proc.buildEnvironment({"PYTHONPATH": os.pathsep.join(["/x", str(tmp_path)]), "HOME": "/h"},
+                                corePath=str(tmp_path), modelsDir="/models")
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(tmp_path), "/x"]
+    assert env["HOME"] == "/h" and env["PYTHONUNBUFFERED"] == "1" and env["CYCLEINR_MODELS"] == "/models"
+    env = proc.buildEnvironment({})
+    assert env["PYTHONPATH"] == proc.corePackageParent()
+    assert (Path(proc.corePackageParent()) / "cycleinr").is_dir()
+    assert "CYCLEINR_MODELS" not in env
+
+
+def test_python_executable_outside_slicer():
+    assert proc.pythonExecutable(inSlicer=False) == sys.executable
+    assert proc.pythonExecutable() == sys.executable  # slicer-core has no slicer.app
+
+
+def test_models_and_resources_lookup(tmp_path, monkeypatch):
+    monkeypatch.delenv("CYCLEINR_MODELS", raising=False)
+    module = tmp_path / "qt-scripted-modules"
+    (module / "Resources" / "Models").mkdir(parents=True)
+    (module / "Resources" / "SampleData").mkdir(parents=True)
+    assert proc.findModelsDir(str(module)) == str(module / "Resources" / "Models")
+    models = module / "Resources" / "Models"
+    assert proc.bundledModelFile("fast", str(models)) is None
+    (models / "cycleinr_fast.safetensors").write_bytes(b"x")
+    assert proc.bundledModelFile("fast", str(models)) == str(models / "cycleinr_fast.safetensors")
+    assert proc.bundledModelFile("nonsense", str(models)) is None
+    (module / "Resources" / "SampleData" / "s.nrrd").write_bytes(b"x")
+    assert proc.findResourceFile("SampleData", "s.nrrd", str(module)).endswith("s.nrrd")
+    assert proc.findResourceFile("SampleData", "other.nrrd", str(module)) is None
+    # source tree layout: <repo>/CycleINRSR (module dir) and <repo>/Resources
+    repo_module = tmp_path / "repo" / "CycleINRSR"
+    repo_module.mkdir(parents=True)
+    (tmp_path / "repo" / "Resources" / "Models").mkdir(parents=True)
+    assert proc.findModelsDir(str(repo_module)) == str(tmp_path / "repo" / "Resources" / "Models")
+    monkeypatch.setenv("CYCLEINR_MODELS", "/elsewhere")
+    assert proc.findModelsDir(str(repo_module)) == "/elsewhere"
+
+
+# ------------------------------------------------------------------------------------------- parsing
+
+@pytest.mark.parametrize("line, value", [
+    ("cycleinr: progress 12.5% (window 1/8)", 12.5),
+    ("progress 100%", 100.0),
+    ("progress 3%  progress 7.25%", 7.25),
+    ("no progress here", None),
+    ("progress 12.5 %", None),
+    ("", None),
+])
+def test_parse_progress(line, value):
+    assert proc.parseProgress(line) == value
+
+
+def test_parse_error_and_message():
+    assert proc.parseErrorLine("cycleinr: error: input has 1 slice") == "input has 1 slice"
+    assert proc.parseErrorLine("warning: x") is None
+    lines = ["cycleinr: progress 10.0%", "cycleinr: error: target 6 mm is not smaller than 5 mm", ""]
+    assert proc.errorMessage(lines, 2) == "target 6 mm is not smaller than 5 mm"
+    traceback = ["Traceback (most recent call last):", '  File "x.py", line 1', "RuntimeError: CUDA out of memory"]
+    assert proc.errorMessage(["cycleinr: progress 50.0%"] + traceback, 1).endswith("RuntimeError: CUDA out of memory")
+    assert "SIGKILL" in proc.errorMessage([], -signal.SIGKILL)
+    assert "exit code 1" in proc.errorMessage(["cycleinr: progress 1%"], 1)
+
+
+def test_output_parser_handles_chunks_and_carriage_returns():
+    seen = []
+    parser = proc.OutputParser(onProgress=seen.append)
+    for chunk in ["cycleinr: prog", "ress 10.0%\rcycleinr: progress 2", "0.0%\r\n", "cycleinr: err",
+                  "or: bad thing\nlast line without newline"]:
+        parser.feed(chunk)
+    assert seen == [10.0, 20.0]
+    assert parser.error == "bad thing"
+    assert list(parser.lines)[-1] == "cycleinr: error: bad thing"
+    parser.close()
+    assert list(parser.lines)[-1] == "last line without newline"
+
+
+def test_device_probe_runs_here():
+    out = subprocess.run(proc.deviceProbeCommand(sys.executable), capture_output=True, text=True, timeout=120)
+    info = proc.parseDeviceProbe(out.stdout.splitlines())
+    assert info is not None and "torch" in info
+    text = proc.describeDevices(info)
+    assert ("CUDA" in text) or ("CPU" in text) or ("not installed" in text)
+    assert proc.describeDevices(None) == "Could not detect devices."
+    assert "not installed" in proc.describeDevices({"torch": None})
+    assert "GPU" in proc.describeDevices({"torch": "2.1", "cuda": ["NVIDIA H100"]})
+
+
+def test_runner_on_plain_python(tmp_path):
+    """The runner itself: progress parsed while running, exit code, error line, without the core."""
+    script = ("import sys, time\n"
+              "for p in (25, 50, 75):\n"
+              "    print(f'cycleinr: progress {p}.0%', file=sys.stderr, flush=True); time.sleep(0.05)\n"
+              "print('cycleinr: error: something the user can fix', file=sys.stderr)\n"
+              "sys.exit(2)\n")
+    seen = []
+    runner = proc.UpsampleProcess([sys.executable, "-c", script], onProgress=seen.append)
+    runner.start()
+    assert runner.wait(timeout=60) == 2
+    assert seen == [25.0, 50.0, 75.0]
+    assert not runner.succeeded
+    assert runner.errorMessage() == "something the user can fix"
+
+
+def test_runner_cancel_kills_children(tmp_path):
+    marker = tmp_path / "child.pid"
+    script = ("import subprocess, sys, time\n"
+              f"c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              f"open({str(marker)!r}, 'w').write(str(c.pid))\n"
+              "print('cycleinr: progress 1.0%', file=sys.stderr, flush=True)\n"
+              "time.sleep(60)\n")
+    runner = proc.UpsampleProcess([sys.executable, "-c", script])
+    runner.start()
+    _wait_for(lambda: runner.poll() is None and runner.progress is not None, 30)
+    runner.cancel()
+    code = runner.wait(timeout=30)
+    assert code != 0 and runner.cancelled and runner.errorMessage() == "cancelled"
+    if os.name != "nt":
+        child = int(marker.read_text())
+        _wait_for(lambda: not _alive(child), 10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (killed, not yet reaped by init) counts as dead
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def _wait_for(condition, timeout):
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+# --------------------------------------------------------------------------- real command line
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """Randomly initialised tiny CycleINR weights saved in the real format (bundled ones may not exist)."""
+    if not HAS_CLI:
+        pytest.skip("core command line not written yet")
+    import torch
+    from cycleinr.config import preset
+    from cycleinr.model import CycleINR
+    from cycleinr.weights import save_model
+
+    torch.manual_seed(0)
+    model = CycleINR(preset("fast", encoder_blocks=1, convs_per_block=2, features=8, code_length=16,
+                            decoder_layers=4, decoder_width=32, skip_layer=2))
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_model(path, model)
+    return str(path)
+
+
+def write_nrrd(path, shape=(5, 12, 14), spacing=(0.8, 0.8, 4.0), direction=None, seed=0):
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(seed)
+    array = (rng.normal(40, 20, size=shape)).astype(np.int16)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin((10.0, -20.0, 30.0))
+    if direction is not None:
+        image.SetDirection(direction)
+    sitk.WriteImage(image, str(path))
+    return array
+
+
+@needs_cli
+def test_real_cli_progress_report_and_geometry(tmp_path, tiny_weights):
+    import SimpleITK as sitk
+
+    direction = (1, 0, 0, 0, 0, -1, 0, 1, 0)  # K along -y (LPS): a coronal acquisition
+    array = write_nrrd(tmp_path / "in.nrrd", direction=direction)
+    cmd = proc.buildUpsampleCommand(sys.executable, str(tmp_path / "in.nrrd"), str(tmp_path / "out.nrrd"),
+                                    thickness=1.5, model=tiny_weights, device="cpu", window=2, overlap=1,
+                                    reportPath=str(tmp_path / "report.json"))
+    seen = []
+    runner = proc.UpsampleProcess(cmd, env=proc.buildEnvironment(), onProgress=seen.append)
+    runner.start()
+    code = runner.wait(timeout=300)
+    assert code == 0, runner.errorMessage()
+    assert runner.succeeded
+    assert seen and seen == sorted(seen) and seen[-1] == pytest.approx(100.0)
+    out = sitk.ReadImage(str(tmp_path / "out.nrrd"))
+    assert out.GetSize()[2] == int(np.floor(4 * 4.0 / 1.5 + 1e-6)) + 1
+    assert out.GetSpacing() == pytest.approx((0.8, 0.8, 1.5))
+    assert out.GetOrigin() == pytest.approx((10.0, -20.0, 30.0))
+    assert out.GetDirection() == pytest.approx(direction)
+    assert out.GetPixelID() == sitk.sitkInt16
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert len(report["input"]["sigmas"]) == array.shape[0]
+    assert len(report["output"]["sigmas"]) == out.GetSize()[2]
+    assert np.isfinite(report["input"]["snli"]) and np.isfinite(report["output"]["snli"])
+
+
+@needs_cli
+def test_real_cli_bad_input_shows_reason(tmp_path, tiny_weights):
+    write_nrrd(tmp_path / "in.nrrd")
+    cmd = proc.buildUpsampleCommand(sys.executable, str(tmp_path / "in.nrrd"), str(tmp_path / "out.nrrd"),
+                                    thickness=6.0, model=tiny_weights, device="cpu")
+    runner = proc.UpsampleProcess(cmd, env=proc.buildEnvironment())
+    runner.start()
+    assert runner.wait(timeout=300) == proc.EXIT_BAD_INPUT
+    message = runner.errorMessage()
+    assert "6" in message and "smaller" in message and "cycleinr: error" not in message
+    assert not (tmp_path / "out.nrrd").exists()
+
+
+@needs_cli
+def test_real_cli_cancel_leaves_no_output(tmp_path, tiny_weights):
+    write_nrrd(tmp_path / "in.nrrd", shape=(40, 48, 48))
+    cmd = proc.buildUpsampleCommand(sys.executable, str(tmp_path / "in.nrrd"), str(tmp_path / "out.nrrd"),
+                                    thickness=0.25, model=tiny_weights, device="cpu", window=2, overlap=1,
+                                    tile=16)
+    runner = proc.UpsampleProcess(cmd, env=proc.buildEnvironment())
+    runner.start()
+    _wait_for(lambda: runner.poll() is not None or runner.progress is not None, 300)
+    assert runner.returnCode is None, "finished before it could be cancelled; make the test volume larger"
+    runner.cancel()
+    runner.wait(timeout=30)
+    assert runner.cancelled and not runner.succeeded
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nrrd"]  # no output, no partial file
+
+
+# ------------------------------------------------------------------ job: MRML + real command line
+
+@pytest.fixture
+def scene():
+    slicer = pytest.importorskip("slicer", reason="PyPI slicer-core (MRML without Qt) is not installed")
+    return slicer.vtkMRMLScene()
+
+
+def add_volume(scene, shape=(5, 12, 14), spacing=(0.8, 0.9, 4.0), name="thick"):
+    import slicer
+
+    rng = np.random.default_rng(3)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    slicer.util.updateVolumeFromArray(node, rng.normal(0, 30, size=shape).astype(np.int16))
+    node.SetSpacing(*spacing)
+    node.SetOrigin(5.0, 6.0, -7.0)
+    node.SetIJKToRASDirections(0, 0, 1, 1, 0, 0, 0, -1, 0)  # sagittal, K pointing posterior
+    return node
+
+
+@needs_cli
+def test_job_success_creates_tagged_node(scene, tiny_weights):
+    from CycleINRSRLib import upsampling, volumes
+
+    node = add_volume(scene)
+    finished = []
+    job = upsampling.UpsampleJob(node, upsampling.UpsampleSettings(2.0, model=tiny_weights, device="cpu"),
+                                 onFinished=finished.append)
+    job.start()
+    folder = job.temporaryFolder
+    assert job.wait(timeout=300) == job.SUCCEEDED, job.errorMessage
+    assert finished == [job] and not os.path.exists(folder)
+    out = job.outputNode
+    assert out.GetScene() is scene and out.GetName() == "thick_2mm"
+    assert out.GetImageData().GetDimensions() == (14, 12, 9)
+    assert out.GetSpacing() == pytest.approx((0.8, 0.9, 2.0))
+    for k in range(9):
+        np.testing.assert_allclose(volumes.sliceCenterRAS(out, k), volumes.sliceCenterRAS(node, k / 2), atol=1e-6)
+    assert upsampling.sourceOf(out) is node
+    assert upsampling.reportOf(out)["output"]["sigmas"] == job.report["output"]["sigmas"]
+    assert np.isfinite(job.snli("input")) and np.isfinite(job.snli("output"))
+
+
+@needs_cli
+def test_job_cancel_leaves_scene_unchanged(scene, tiny_weights):
+    from CycleINRSRLib import upsampling
+
+    node = add_volume(scene, shape=(40, 48, 48))
+    n_nodes, mtime = scene.GetNumberOfNodes(), scene.GetMTime()
+    job = upsampling.UpsampleJob(node, upsampling.UpsampleSettings(0.25, model=tiny_weights, device="cpu",
+                                                                   window=2, overlap=1, tile=16))
+    job.start()
+    folder = job.temporaryFolder
+    _wait_for(lambda: job.poll() or job.progress > 0, 300)
+    job.cancel()
+    assert job.state == job.CANCELLED and job.outputNode is None
+    assert scene.GetNumberOfNodes() == n_nodes and scene.GetMTime() == mtime
+    assert not os.path.exists(folder)
+
+
+@needs_cli
+def test_job_failure_reports_reason_and_adds_nothing(scene, tmp_path):
+    from CycleINRSRLib import upsampling
+
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"not weights")
+    node = add_volume(scene)
+    n_nodes = scene.GetNumberOfNodes()
+    job = upsampling.UpsampleJob(node, upsampling.UpsampleSettings(1.0, model=str(bad), device="cpu"))
+    job.start()
+    assert job.wait(timeout=300) == job.FAILED
+    assert "broken.safetensors" in job.errorMessage
+    assert scene.GetNumberOfNodes() == n_nodes
+
+
+def test_job_validation(scene):
+    from CycleINRSRLib import upsampling
+
+    node = add_volume(scene)
+    for settings, message in [
+        (upsampling.UpsampleSettings(4.0), "smaller than the input"),
+        (upsampling.UpsampleSettings(0.0), "> 0"),
+        (upsampling.UpsampleSettings(1.0, model="/no/such.safetensors"), "not found"),
+        (upsampling.UpsampleSettings(1.0, window=4, overlap=4), "overlap"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            upsampling.UpsampleJob(node, settings).start()
+    with pytest.raises(ValueError, match="Select an input"):
+        upsampling.UpsampleJob(None, upsampling.UpsampleSettings(1.0)).start()
