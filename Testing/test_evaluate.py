@@ -113,3 +113,54 @@ def test_unknown_method_and_missing_model_fail_before_work(ct_file, tmp_path, ca
 def test_new_slice_mask():
     assert evaluate.new_slice_mask(7, 3).tolist() == [False, True, True, False, True, True, False]
     assert evaluate.new_slice_mask(6, 2.5).tolist() == [False, True, True, True, True, False]
+
+
+# ----------------------------------------------------------------------------- bench (smoke only)
+
+def test_bench_smoke_with_baseline_only(tmp_path, capsys):
+    import json
+
+    from cycleinr import bench
+    parser = argparse.ArgumentParser()
+    bench.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["bench", "--presets", "--size", "24", "--slices", "4", "--factor", "3",
+                              "--matmul-size", "256", "--json", str(tmp_path / "b.json")])
+    assert args.func(args) == 0
+    table = capsys.readouterr().out
+    assert "| linear |" in table and "GFLOP/s" in table
+    (row,) = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert row["out_voxels"] == 10 * 24 * 24 and row["seconds"] > 0 and row["peak_mb"] >= 0
+
+
+def test_bench_flop_model_matches_torch_flop_counter():
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cycleinr.bench import flops_breakdown
+    from cycleinr.config import preset
+    from cycleinr.model import CycleINR
+    for neighbours in (27, 0):
+        cfg = preset("fast", neighbours=neighbours)
+        model = CycleINR(cfg).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.randn(1, 1, 5, 6, 7), torch.linspace(0, 4, 9))
+        counted = flops_breakdown(cfg, 5, 9, 6 * 7)
+        assert counter.get_total_flops() == counted["conv"] + counted["linear"]
+
+
+def test_extra_model_runs_through_upsample(tmp_path):
+    """A fresh network predicts a zero correction to linear interpolation, so it must score as linear."""
+    from cycleinr.config import preset
+    from cycleinr.model import CycleINR
+    from cycleinr.weights import save_model
+    small = tmp_path / "small.nrrd"
+    write_volume(small, phantom()[12:28, 12:36, 12:36], Geometry(spacing=(0.8, 0.8, 1.0)))
+    weights = save_model(tmp_path / "fresh.safetensors", CycleINR(preset("fast")))
+    out = tmp_path / "res"
+    rc = run_cli([small, "--scales", "3", "--methods", "linear", "--extra-model", f"INR={weights}",
+                  "--device", "cpu", "--out", out, "--no-figures", "--no-lpips"])
+    assert rc == 0
+    by = {r["method"]: r for r in read_rows(out / "results.csv")}
+    assert set(by) == {"HR", "linear", "INR"}
+    assert float(by["INR"]["psnr"]) == pytest.approx(float(by["linear"]["psnr"]), abs=0.01)
+    assert float(by["INR"]["dice_bone"]) == pytest.approx(float(by["linear"]["dice_bone"]), abs=0.01)

@@ -4,11 +4,12 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import make_model, phantom
 
 from cycleinr import Cancelled, upsample
 from cycleinr.geometry import Geometry, output_slice_count, output_slice_positions, resolve_target_spacing
 from cycleinr.volume_io import VolumeError
+
+from conftest import make_model, phantom
 
 
 @pytest.mark.parametrize("n, spacing, target, expected", [

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_model
 
 from cycleinr.config import PRESETS, ModelConfig, preset
 from cycleinr.model import CycleINR
+
+from conftest import make_model
 
 
 def reference(model: CycleINR, lr: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

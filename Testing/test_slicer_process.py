@@ -212,6 +212,7 @@ def tiny_weights(tmp_path_factory):
     if not HAS_CLI:
         pytest.skip("core command line not written yet")
     import torch
+
     from cycleinr.config import preset
     from cycleinr.model import CycleINR
     from cycleinr.weights import save_model
@@ -384,3 +385,24 @@ def test_job_validation(scene):
             upsampling.UpsampleJob(node, settings).start()
     with pytest.raises(ValueError, match="Select an input"):
         upsampling.UpsampleJob(None, upsampling.UpsampleSettings(1.0)).start()
+
+
+def test_importing_the_slicer_helpers_does_not_load_torch():
+    """The panel imports these in Slicer's own process before torch may be installed."""
+    pytest.importorskip("slicer", reason="PyPI slicer-core (MRML without Qt) is not installed")
+    code = ("import sys\n"
+            "import CycleINRSRLib.dependencies, CycleINRSRLib.layout, CycleINRSRLib.process\n"
+            "import CycleINRSRLib.upsampling, CycleINRSRLib.volumes\n"
+            "print(sorted(m for m in ('torch', 'cycleinr', 'qt') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=proc.buildEnvironment())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_missing_packages_is_pure_and_cheap():
+    from CycleINRSRLib import dependencies
+
+    assert dependencies.missingPackages({"json": "json", "no_such_module_cycleinr": "nosuch>=1"}) == ["nosuch>=1"]
+    assert dependencies.missingPackages() == []  # everything the core needs is installed here
+    assert dependencies.torchInstalled()

@@ -22,9 +22,9 @@ import vtk  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "CycleINRSR"))
 
-from CycleINRSRLib import layout, volumes  # noqa: E402
 from cycleinr.geometry import Geometry, output_slice_count  # noqa: E402
 from cycleinr.volume_io import write_volume  # noqa: E402
+from CycleINRSRLib import layout, volumes  # noqa: E402
 
 try:
     from cycleinr.baselines import interpolate as _core_interpolate

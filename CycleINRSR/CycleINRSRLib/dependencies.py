@@ -86,7 +86,7 @@ def ensurePackages(askConfirmation: bool = True) -> bool:
         return False
     logging.info("CycleINR: installing %s", " ".join(missing))
     with slicer.util.WaitCursor():
-        slicer.util.pip_install(missing)
+        slicer.util.pip_install(" ".join(missing))  # a string works with every Slicer 5.x
     importlib.invalidate_caches()
     still = missingPackages()
     if still:

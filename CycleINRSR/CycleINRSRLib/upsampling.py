@@ -180,6 +180,8 @@ class UpsampleJob:
 
     def wait(self, timeout: float | None = None, interval: float = 0.05) -> str:
         """Block until finished; returns the final state. On timeout the job is cancelled."""
+        if self.state == self.IDLE:
+            raise RuntimeError("the job was not started")
         start = time.monotonic()
         while not self.poll():
             if timeout is not None and time.monotonic() - start > timeout:

@@ -1,14 +1,22 @@
 """CycleINR: arbitrary-scale super-resolution of CT/MR volumes along the slice axis (CVPR 2024).
 
-The core package of the 3D Slicer extension; it imports no Slicer, Qt or VTK code.
+The core package of the 3D Slicer extension; it imports no Slicer, Qt or VTK code. Names are loaded
+lazily, so ``import cycleinr.geometry`` (the Slicer panel's slice-count preview) does not load torch.
 """
 
-from .config import ModelConfig, preset
-from .geometry import Geometry, UpsampleResult
-from .inference import Cancelled, upsample
-from .model import CycleINR
-from .weights import load_model, save_model
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["Cancelled", "CycleINR", "Geometry", "ModelConfig", "UpsampleResult", "load_model", "preset",
-           "save_model", "upsample"]
+
+_EXPORTS = {
+    "Cancelled": "inference", "upsample": "inference", "CycleINR": "model", "ModelConfig": "config",
+    "preset": "config", "Geometry": "geometry", "UpsampleResult": "geometry", "load_model": "weights",
+    "save_model": "weights",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'cycleinr' has no attribute {name!r}")

@@ -93,7 +93,8 @@ def sample_batch(rng: np.random.Generator, volumes: list[Volume], batch_size: in
                  offset: float = 0.0, scale_hu: float = 1000.0) -> Batch:
     """A batch of LR/HR pairs sharing one scale (so their shapes match)."""
     scale = draw_scale(rng, *scale_range)
-    span = int(math.floor((lr_slices - 1) * scale + 1e-6)) + 1      # HR slices from first to last LR slice
+    span = int(math.floor((lr_slices - 1) * scale + 1e-6)) + 1      # HR targets: first to last LR slice
+    need = int(math.ceil((lr_slices - 1) * scale - 1e-6)) + 1       # HR slices the last LR slice touches
     lrs, hrs = [], []
     for _ in range(batch_size):
         vol = volumes[int(rng.integers(0, len(volumes)))]
@@ -102,13 +103,13 @@ def sample_batch(rng: np.random.Generator, volumes: list[Volume], batch_size: in
         if augment and rng.random() < 0.5:
             arr = arr[::-1]                                              # head-to-feet flip
         n, h, w = arr.shape
-        if n < span or h < patch or w < patch:
+        if n < need or h < patch or w < patch:
             raise VolumeError(f"{vol.name}: shape {arr.shape} along axis {axis} is too small for {lr_slices} "
                               f"thick slices at scale {scale} with {patch}x{patch} patches")
         pad = int(math.ceil(scale / 2)) + 1                              # room for a full slab
-        z0 = int(rng.integers(0, n - span + 1))
+        z0 = int(rng.integers(0, n - need + 1))
         y0, x0 = int(rng.integers(0, h - patch + 1)), int(rng.integers(0, w - patch + 1))
-        lo, hi = max(z0 - pad, 0), min(z0 + span + pad, n)
+        lo, hi = max(z0 - pad, 0), min(z0 + need + pad, n)
         block = arr[lo:hi, y0:y0 + patch, x0:x0 + patch]
         block = _augment(rng, block, noise_hu) if augment else np.ascontiguousarray(block, dtype=np.float32)
         first = z0 - lo

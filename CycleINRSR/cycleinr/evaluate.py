@@ -168,9 +168,10 @@ def _mean(values: list) -> float:
 
 
 def markdown_table(rows: list[dict], notes: list[str]) -> str:
-    """Means over volumes per (scale, method); best in bold, second best underlined (as the paper)."""
+    """Means over volumes per (scale, method); best in bold, second best underlined when there are three
+    or more methods (as the paper)."""
     scales = sorted({r["scale"] for r in rows})
-    columns = [c for c in TABLE if any(not math.isnan(_num(r.get(c))) for r in rows) or c == "lpips_squeeze"]
+    columns = list(TABLE)
     lines = ["# CycleINR evaluation", "", *notes, ""]
     for scale in scales:
         here = [r for r in rows if r["scale"] == scale]
@@ -189,16 +190,14 @@ def markdown_table(rows: list[dict], notes: list[str]) -> str:
             cells = []
             for c in columns:
                 v = means[m][c]
-                if c == "lpips_squeeze":
-                    cells.append("n/a")
-                elif math.isnan(v):
-                    cells.append("—")
+                if math.isnan(v):
+                    cells.append("—" if m == "HR" else "n/a")
                 else:
                     text = "inf" if math.isinf(v) else (f"{v:.2f}" if c.startswith("psnr") or c == "snli" else f"{v:.4f}")
                     if m != "HR" and len(set(means[k][c] for k in methods if k != "HR")) > 1:
                         if ranks[c] and v == ranks[c][0]:
                             text = f"**{text}**"
-                        elif len(ranks[c]) > 1 and v == ranks[c][1]:
+                        elif len(methods) > 3 and len(ranks[c]) > 1 and v == ranks[c][1]:
                             text = f"<u>{text}</u>"
                     cells.append(text)
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
@@ -346,9 +345,14 @@ def views_figure(path: Path, detail: dict, spacing, scale: float, rows: list[dic
     if len(names) > 1:
         for c in range(3):
             axes[1, c + 3].set_title(f"error {views[c][0]} (method - HR)", fontsize=9)
-    # 50 mm scale bar on the HR axial view
-    axes[0, 0].plot([5, 55], [ny * sy - 6] * 2, color="white", lw=2)
-    axes[0, 0].text(30, ny * sy - 9, "50 mm", color="white", ha="center", fontsize=7)
+    # scale bar on the HR axial view: the largest of 5/10/20/50/100 mm under a third of the width
+    bar_mm = max([b for b in (5, 10, 20, 50, 100) if b <= nx * sx / 3] or [nx * sx / 3])
+    x_a, y_a = 0.04 * nx * sx, 0.95 * ny * sy
+    axes[0, 0].plot([x_a, x_a + bar_mm], [y_a, y_a], color="yellow", lw=2)
+    axes[0, 0].text(x_a + bar_mm / 2, y_a - 0.02 * ny * sy, f"{bar_mm:g} mm", color="yellow", ha="center",
+                    va="bottom", fontsize=7)
+    axes[0, 0].set_xlim(0, nx * sx)
+    axes[0, 0].set_ylim(ny * sy, 0)
     bar = {"orientation": "horizontal", "fraction": 0.025, "pad": 0.015, "aspect": 50, "shrink": 0.85}
     fig.colorbar(grey, ax=axes[:, :3].ravel().tolist(), label=f"HU (display window {display[0]:g} .. {display[1]:g})",
                  **bar)
@@ -389,14 +393,14 @@ def noise_figure(path: Path, detail: dict, spacing, scale: float, rows: list[dic
     return path
 
 
-def load_lpips_models(device: str, wanted: bool) -> tuple[dict, list[str]]:
+def load_lpips_models(device: str, nets=LPIPS_NETS) -> tuple[dict, list[str]]:
     """Available LPIPS networks and one-line notes for the unavailable ones (never downloads)."""
-    if not wanted:
+    if not nets:
         return {}, ["LPIPS: skipped (--no-lpips)"]
     from . import lpips
     from .inference import select_device
     models, notes = {}, []
-    for net in LPIPS_NETS:
+    for net in nets:
         reason = lpips.unavailable_reason(net)
         if reason:
             notes.append(reason)
@@ -417,7 +421,7 @@ def run(args) -> int:
         print(f"evaluate: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     scales = [float(s) for s in args.scales]
-    lpips_models, notes = load_lpips_models(args.device, not args.no_lpips)
+    lpips_models, notes = load_lpips_models(args.device, () if args.no_lpips else tuple(args.lpips))
     for note in notes:
         print(f"evaluate: note: {note}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -494,7 +498,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="HU clip window of PSNR/SSIM/LPIPS (default -1024 2048)")
     p.add_argument("--display-window", nargs=2, type=float, default=[-160.0, 240.0], metavar=("LO", "HI"),
                    help="HU window of the figures' images (default -160 240, soft tissue)")
-    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (it is the slowest metric on CPU)")
+    p.add_argument("--lpips", nargs="+", choices=LPIPS_NETS, default=list(LPIPS_NETS), metavar="NET",
+                   help="LPIPS backbones: alex vgg squeeze (default all; vgg is slow on CPU; squeeze is "
+                        "reported unavailable)")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (the slowest metric on CPU)")
     p.add_argument("--no-figures", action="store_true", help="write no PNG figures")
     p.set_defaults(func=run)
     return p

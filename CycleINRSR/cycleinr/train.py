@@ -194,7 +194,7 @@ def train(volumes: list[Volume], settings: TrainSettings, output: str | Path, va
                 parts["total"].backward()
                 opt.step()
                 for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) / settings.iterations_per_epoch
+                    sums[k] = sums.get(k, 0.0) + v.item() / settings.iterations_per_epoch
             record = {"epoch": epoch, "epochs": settings.epochs, "lr": opt.param_groups[0]["lr"],
                       "seconds": round(time.perf_counter() - started, 2), **{f"loss_{k}": v for k, v in sums.items()}}
             if validation and (epoch % settings.validate_every == 0 or epoch == settings.epochs):

@@ -32,6 +32,7 @@ def add_parser(subparsers):
     p.add_argument("--overlap", type=int, default=4, metavar="LR_SLICES", help="slices shared by windows")
     p.add_argument("--tile", type=int, default=256, metavar="PIXELS", help="in-plane tile size")
     p.add_argument("--report", metavar="JSON", help="also write SNLI of input and output and timing here")
+    p.add_argument("--figure", metavar="PNG", help="also write an input-vs-output comparison picture here")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
     return p
@@ -60,6 +61,11 @@ def run(args) -> int:
                   "target_spacing": target, "input_spacing": geometry.slice_spacing, "model": str(args.model),
                   "device": str(device), "seconds": round(seconds, 3), "output_shape": list(array.shape)}
         Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
+    if args.figure:
+        from .comparison import comparison_figure
+        comparison_figure(args.figure, volume, array, geometry.spacing, target,
+                          title=f"{Path(args.input).name} -> {target:g} mm ({Path(str(args.model)).stem} model)")
+        print(f"cycleinr: wrote {args.figure}", file=sys.stderr)
     print(f"cycleinr: wrote {out} ({array.shape[0]} slices of {target:g} mm, from {volume.shape[0]} of "
           f"{geometry.slice_spacing:g} mm) in {seconds:.1f} s on {device}", file=sys.stderr, flush=True)
     return 0

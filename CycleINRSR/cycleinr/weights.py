@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
@@ -80,7 +81,7 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     try:
         meta = json.loads(json_path(path).read_text())
         tensors = load_file(str(path))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise WeightsError(f"{path}: cannot read weights ({exc})") from None
     return tensors, meta
 

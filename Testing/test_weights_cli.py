@@ -1,0 +1,115 @@
+"""Weights on disk (safetensors + JSON, no pickle) and the ``cycleinr upsample`` command line."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from cycleinr import load_model, save_model, upsample
+from cycleinr.weights import WeightsError, load_tensors
+
+from conftest import make_model, phantom
+
+
+def test_save_load_round_trip(tmp_path):
+    model = make_model(seed=7, neighbours=0)
+    path = save_model(tmp_path / "m.safetensors", model, training={"note": "test"})
+    loaded = load_model(path)
+    assert loaded.config == model.config
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    vol = phantom((6, 10, 10))
+    a = upsample(vol, (1, 1, 2), factor=2, model=model).array
+    assert np.array_equal(a, upsample(vol, (1, 1, 2), factor=2, model=path).array)
+    meta = json.loads((tmp_path / "m.json").read_text())
+    assert meta["training"] == {"note": "test"} and meta["config"]["neighbours"] == 0
+
+
+def test_weights_errors(tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        load_model(tmp_path / "missing.safetensors")
+    path = save_model(tmp_path / "m.safetensors", make_model())
+    meta = json.loads(path.with_suffix(".json").read_text())
+    meta["config"]["code_length"] = 99
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match="do not match"):
+        load_model(path)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(WeightsError, match="configuration"):
+        load_tensors(path)
+    pickled = tmp_path / "evil.safetensors"
+    pickled.write_bytes(b"\x80\x04\x95 not a safetensors file")
+    pickled.with_suffix(".json").write_text("{}")
+    with pytest.raises(WeightsError, match="cannot read"):
+        load_tensors(pickled)
+
+
+def write_nrrd(path, array, spacing, origin=(0, 0, 0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(path))
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "cycleinr", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture
+def weights(tmp_path):
+    return save_model(tmp_path / "tiny.safetensors", make_model())
+
+
+def test_cli_upsample_geometry_and_type(tmp_path, weights):
+    src, dst, report = tmp_path / "in.nrrd", tmp_path / "out.nii.gz", tmp_path / "r.json"
+    direction = (0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)           # K along -x: not axial
+    write_nrrd(src, phantom((8, 12, 14)), (0.7, 0.8, 5.0), (12.0, -30.0, 4.0), direction)
+    proc = run_cli("upsample", src, dst, "--thickness", 1.25, "--model", weights, "--device", "cpu",
+                   "--window", 4, "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    assert "progress 100.0%" in proc.stderr
+    out, inp = sitk.ReadImage(str(dst)), sitk.ReadImage(str(src))
+    assert out.GetSize() == (14, 12, 29) and out.GetPixelID() == inp.GetPixelID()
+    assert np.allclose(out.GetSpacing(), (0.7, 0.8, 1.25)) and np.allclose(out.GetOrigin(), inp.GetOrigin())
+    assert np.allclose(out.GetDirection(), direction)
+    for k in (0, 4, 28):                                   # output slice k lies at input index k / 4
+        assert np.allclose(out.TransformContinuousIndexToPhysicalPoint((3, 5, k)),
+                           inp.TransformContinuousIndexToPhysicalPoint((3, 5, k / 4)), atol=1e-4)  # NIfTI: float32
+    rep = json.loads(report.read_text())
+    assert rep["factor"] == 4 and len(rep["output"]["sigmas"]) == 29 and rep["input"]["snli"] >= 0
+
+
+@pytest.mark.parametrize("setup, args, message", [
+    ("2d", ["--factor", 2], "3D"),
+    ("ok", ["--factor", 0.5], "factor must be > 1"),
+    ("ok", ["--thickness", 6], "not smaller than"),
+    ("none", ["--factor", 2], "no such file"),
+    ("ok", ["--factor", 2, "--model", "nothere.safetensors"], "not found"),
+])
+def test_cli_errors_are_one_line_and_write_nothing(tmp_path, weights, setup, args, message):
+    src, dst = tmp_path / "in.nrrd", tmp_path / "out.nrrd"
+    if setup == "2d":
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 5), np.int16)), str(src))
+    elif setup == "ok":
+        write_nrrd(src, phantom((4, 6, 6)), (1.0, 1.0, 5.0))
+    if "--model" not in args:
+        args = [*args, "--model", weights]
+    proc = run_cli("upsample", src, dst, *args)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("cycleinr: error:") and message in last and "Traceback" not in proc.stderr
+    assert not dst.exists()
+
+
+def test_cli_never_overwrites_a_good_file_on_failure(tmp_path, weights):
+    src, dst = tmp_path / "in.nrrd", tmp_path / "out.nrrd"
+    write_nrrd(src, phantom((4, 6, 6)), (1.0, 1.0, 5.0))
+    dst.write_bytes(b"previous good result")
+    proc = run_cli("upsample", src, dst, "--thickness", 9, "--model", weights)
+    assert proc.returncode == 2 and dst.read_bytes() == b"previous good result"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
