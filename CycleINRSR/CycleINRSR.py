@@ -503,7 +503,7 @@ class CycleINRSRTest(ScriptedLoadableModuleTest):
     """Tier-3 self-test: real Slicer, real background process, fast model on CPU.
 
     Run it with Slicer's "Reload and Test" (developer mode), with ctest (py_CycleINRSR), or from a shell:
-    see CycleINRSR/README-Slicer.md.
+    see README.md, section "3D Slicer module".
     """
 
     def setUp(self):

@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import phantom
+
 from cycleinr import cli, train_cli
 from cycleinr.data import Volume, sample_batch
 from cycleinr.train import TrainSettings
 from cycleinr.weights import load_tensors
+
+from conftest import phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "CycleINRTrain" / "CycleINRTrain.py"

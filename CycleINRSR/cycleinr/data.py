@@ -90,8 +90,9 @@ def _augment(rng, block: np.ndarray, noise_hu: float) -> np.ndarray:
 
 def sample_batch(rng: np.random.Generator, volumes: list[Volume], batch_size: int, lr_slices: int, patch: int,
                  scale_range=(2.0, 6.0), mode: str = "interval", augment: bool = True, noise_hu: float = 10.0,
-                 offset: float = 0.0, scale_hu: float = 1000.0) -> Batch:
-    """A batch of LR/HR pairs sharing one scale (so their shapes match)."""
+                 offset: float = 0.0, scale_hu: float = 1000.0, min_tissue: float = 0.25) -> Batch:
+    """A batch of LR/HR pairs sharing one scale (so their shapes match). Patch positions are redrawn
+    (up to 10 times) until at least ``min_tissue`` of the block is denser than -500 HU."""
     scale = draw_scale(rng, *scale_range)
     span = int(math.floor((lr_slices - 1) * scale + 1e-6)) + 1      # HR targets: first to last LR slice
     need = int(math.ceil((lr_slices - 1) * scale - 1e-6)) + 1       # HR slices the last LR slice touches
@@ -107,8 +108,11 @@ def sample_batch(rng: np.random.Generator, volumes: list[Volume], batch_size: in
             raise VolumeError(f"{vol.name}: shape {arr.shape} along axis {axis} is too small for {lr_slices} "
                               f"thick slices at scale {scale} with {patch}x{patch} patches")
         pad = int(math.ceil(scale / 2)) + 1                              # room for a full slab
-        z0 = int(rng.integers(0, n - need + 1))
-        y0, x0 = int(rng.integers(0, h - patch + 1)), int(rng.integers(0, w - patch + 1))
+        for _ in range(10):                      # prefer patches with tissue: air teaches nothing
+            z0 = int(rng.integers(0, n - need + 1))
+            y0, x0 = int(rng.integers(0, h - patch + 1)), int(rng.integers(0, w - patch + 1))
+            if (arr[z0:z0 + need:2, y0:y0 + patch:2, x0:x0 + patch:2] > -500).mean() >= min_tissue:
+                break
         lo, hi = max(z0 - pad, 0), min(z0 + need + pad, n)
         block = arr[lo:hi, y0:y0 + patch, x0:x0 + patch]
         block = _augment(rng, block, noise_hu) if augment else np.ascontiguousarray(block, dtype=np.float32)

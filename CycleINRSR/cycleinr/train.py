@@ -65,6 +65,38 @@ class TrainSettings:
             raise ValueError("patches need at least 2 thick slices and 4x4 pixels")
 
 
+@dataclass
+class Parallel:
+    """This process's part in multi-process training (torchrun + DistributedDataParallel).
+
+    ``wrap`` wraps the loss module (e.g. in DDP, which averages gradients in backward); ``agree`` turns a
+    local yes/no into everyone's (rank 0's) so all processes stop at the same epoch. Rank r draws its
+    batches from seed r of a shared generator, which is what checkpoints hold, so resuming stays exact.
+    Only rank 0 writes files. The default is a single process.
+    """
+
+    rank: int = 0
+    world: int = 1
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+    agree: Callable[[bool], bool] | None = None
+
+    def batch_rng(self, rng: np.random.Generator) -> np.random.Generator:
+        if self.world == 1:
+            return rng
+        return np.random.default_rng(int(rng.integers(0, 2**63 - 1, size=self.world)[self.rank]))
+
+
+class Objective(torch.nn.Module):
+    """The training loss as a module, so that one forward covers both passes (as DDP requires)."""
+
+    def __init__(self, model: CycleINR, cycle_weight: float):
+        super().__init__()
+        self.model, self.cycle_weight = model, cycle_weight
+
+    def forward(self, batch: Batch, device) -> dict[str, torch.Tensor]:
+        return losses(self.model, batch, self.cycle_weight, device)
+
+
 def losses(model: CycleINR, batch: Batch, cycle_weight: float, device) -> dict[str, torch.Tensor]:
     """Fit and cycle L1 losses of one batch (Eq. 8, 7) and their weighted sum (Eq. 9)."""
     lr = torch.from_numpy(batch.lr).to(device)
@@ -147,14 +179,18 @@ def _restore(snapshot, model, opt, rng) -> None:
 
 def train(volumes: list[Volume], settings: TrainSettings, output: str | Path, validation: list[np.ndarray] = (),
           resume: str | Path | None = None, device="auto", log: Callable[[dict], None] | None = None,
-          cancel=None, stop_after_epoch: int | None = None, info: dict | None = None) -> dict:
+          cancel=None, stop_after_epoch: int | None = None, info: dict | None = None,
+          parallel: Parallel | None = None) -> dict:
     """Train and write ``output`` (.safetensors + .json). Returns a summary.
 
     A checkpoint ``<output stem>.ckpt.safetensors`` is written every ``checkpoint_every`` epochs, on
     cancel/interrupt and at the end; ``resume`` continues from one. With validation volumes the weights
     of the best validation PSNR are written to ``output``; without, the last ones. ``output`` only ever
     receives complete files. ``stop_after_epoch`` ends the run early (as an interruption would).
+    A ``max_minutes`` stop validates at that epoch, so validated runs always write weights.
     """
+    parallel = parallel or Parallel()
+    writer = parallel.rank == 0
     output = Path(output)
     if output.suffix != ".safetensors":
         raise ValueError(f"{output}: the weights file must end in .safetensors")
@@ -174,6 +210,8 @@ def train(volumes: list[Volume], settings: TrainSettings, output: str | Path, va
     info = {"training": {"settings": asdict(settings), "volumes": [v.name for v in volumes], **(info or {})}}
     last = stop_after_epoch if stop_after_epoch is not None else settings.epochs
     norm = (config.intensity_offset, config.intensity_scale)
+    objective = Objective(model, settings.cycle_weight)
+    step = parallel.wrap(objective) if parallel.wrap else objective
     model.train()
     started = time.perf_counter()
     epoch = start_epoch
@@ -186,10 +224,10 @@ def train(volumes: list[Volume], settings: TrainSettings, output: str | Path, va
             sums: dict[str, float] = {}
             for _ in range(settings.iterations_per_epoch):
                 _check_cancel(cancel)
-                batch = sample_batch(rng, volumes, settings.batch_size, settings.lr_slices, settings.patch,
+                batch = sample_batch(parallel.batch_rng(rng), volumes, settings.batch_size, settings.lr_slices, settings.patch,
                                      (settings.scale_min, settings.scale_max), settings.degradation,
                                      settings.augment, settings.noise_hu, *norm)
-                parts = losses(model, batch, settings.cycle_weight, dev)
+                parts = step(batch, dev)
                 opt.zero_grad(set_to_none=True)
                 parts["total"].backward()
                 opt.step()
@@ -197,24 +235,30 @@ def train(volumes: list[Volume], settings: TrainSettings, output: str | Path, va
                     sums[k] = sums.get(k, 0.0) + v.item() / settings.iterations_per_epoch
             record = {"epoch": epoch, "epochs": settings.epochs, "lr": opt.param_groups[0]["lr"],
                       "seconds": round(time.perf_counter() - started, 2), **{f"loss_{k}": v for k, v in sums.items()}}
-            if validation and (epoch % settings.validate_every == 0 or epoch == settings.epochs):
+            out_of_time = settings.max_minutes is not None and time.perf_counter() - started > 60 * settings.max_minutes
+            if parallel.agree:
+                out_of_time = parallel.agree(out_of_time)
+            if validation and (epoch % settings.validate_every == 0 or epoch == settings.epochs or out_of_time):
                 record.update(validate(model, validation, settings.validation_scales, settings.degradation, dev))
                 if record["val_psnr"] > best["val_psnr"]:
                     best = {"val_psnr": record["val_psnr"], "epoch": epoch}
-                    save_model(output, model, **info, best=best)
+                    if writer:
+                        save_model(output, model, **info, best=best)
             history.append(record)
             if log:
                 log(record)
-            if epoch % settings.checkpoint_every == 0:
+            if writer and epoch % settings.checkpoint_every == 0:
                 save_checkpoint(ckpt, model, opt, rng, epoch, history, settings, best)
-            if settings.max_minutes is not None and time.perf_counter() - started > 60 * settings.max_minutes:
+            if out_of_time:
                 break
     except (KeyboardInterrupt, Cancelled):
         _restore(snapshot, model, opt, rng)          # the state at the start of the unfinished epoch
         history = [h for h in history if h["epoch"] < epoch]
-        save_checkpoint(ckpt, model, opt, rng, epoch - 1, history, settings, best)
+        if writer:
+            save_checkpoint(ckpt, model, opt, rng, epoch - 1, history, settings, best)
         raise
-    save_checkpoint(ckpt, model, opt, rng, epoch, history, settings, best)
-    if not validation:
-        save_model(output, model, **info, epoch=epoch)
+    if writer:
+        save_checkpoint(ckpt, model, opt, rng, epoch, history, settings, best)
+        if not validation:
+            save_model(output, model, **info, epoch=epoch)
     return {"epoch": epoch, "best": best, "history": history, "output": str(output), "checkpoint": str(ckpt)}

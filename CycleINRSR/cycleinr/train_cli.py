@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import hashlib
 import html
 import json
@@ -35,7 +34,6 @@ import signal
 import sys
 import tempfile
 import time
-import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +47,7 @@ from .config import PRESETS, preset
 from .data import VOLUME_SUFFIXES, Volume, load_volumes
 from .degrade import MODES
 from .inference import Cancelled, select_device
-from .train import TrainSettings, train
+from .train import Parallel, TrainSettings, train
 
 NAME = "CycleINRTrain"
 CATEGORY = "Super-resolution"
@@ -575,66 +573,30 @@ def resolve_device(requested: str, env: DistEnv) -> torch.device:
 
 
 @contextlib.contextmanager
-def _distributed_training(env: DistEnv, device: torch.device):
-    """Run ``train.train`` as one DistributedDataParallel process of ``env.world``.
-
-    ``train`` builds and steps a plain CycleINR; this wraps it without touching train.py, by swapping
-    four of its module-level functions while the context is open:
-
-    * ``losses``: the fit + cycle losses run inside DistributedDataParallel (one forward per backward),
-      so gradients are averaged over processes during backward. DDP broadcasts rank 0's parameters
-      when it is created (lazily, after a checkpoint was resumed), so every process starts alike.
-    * ``sample_batch``: each step draws one seed per rank from the shared generator and rank r makes its
-      batch from seed r. The shared generator advances identically everywhere and is what checkpoints
-      hold, so a resumed multi-process run continues exactly too.
-    * ``save_model`` / ``save_checkpoint``: no-ops on ranks other than 0.
-    """
+def _distributed_training(env: DistEnv, device: torch.device, max_minutes: float | None):
+    """One process of a torchrun job: yields the ``train.Parallel`` hooks (DDP around the loss module,
+    rank 0's decision to stop on time shared by all) and checks at the end that all weights agree."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
-
-    from . import train as train_module
 
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=env.rank, world_size=env.world)
-    original = {name: getattr(train_module, name)
-                for name in ("losses", "sample_batch", "save_model", "save_checkpoint")}
-    wrapped: dict[int, DistributedDataParallel] = {}
+    wrapped = []
 
-    class LossModule(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
+    def wrap(module):
+        wrapped.append(DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None))
+        return wrapped[-1]
 
-        def forward(self, batch, cycle_weight, dev):
-            return original["losses"](self.net, batch, cycle_weight, dev)
+    def agree(local: bool) -> bool:
+        decision = [local]
+        dist.broadcast_object_list(decision, src=0)
+        return bool(decision[0])
 
-    def losses(model, batch, cycle_weight, dev):
-        ddp = wrapped.get(id(model))
-        if ddp is None:
-            ids = [device.index] if device.type == "cuda" else None
-            ddp = wrapped[id(model)] = DistributedDataParallel(LossModule(model), device_ids=ids)
-        return ddp(batch, cycle_weight, dev)
-
-    def sample_batch(rng, *args, **kwargs):
-        seeds = rng.integers(0, 2**63 - 1, size=env.world)
-        return original["sample_batch"](np.random.default_rng(int(seeds[env.rank])), *args, **kwargs)
-
-    def skip(*args, **kwargs):
-        return None
-
-    patches = {"losses": losses, "sample_batch": sample_batch}
-    if not env.writer:
-        patches.update(save_model=skip, save_checkpoint=skip)
     try:
-        for name, function in patches.items():
-            setattr(train_module, name, function)
-        yield dist
-        _check_in_sync(dist, [ddp.module.net for ddp in wrapped.values()])
+        yield Parallel(env.rank, env.world, wrap, agree)
+        _check_in_sync(dist, [ddp.module.model for ddp in wrapped])
     finally:
-        for name, function in original.items():
-            setattr(train_module, name, function)
-        wrapped.clear()
         dist.destroy_process_group()
 
 
@@ -724,25 +686,16 @@ def run(args) -> int:
             progress.note(note)
     info = {"command": NAME, "slice_axes": args.slice_axes, "validation": val_names, "processes": env.world}
     started = time.perf_counter()
-    run_settings = dataclasses.replace(settings, max_minutes=None) if env.active else settings
 
     def log(record: dict) -> None:
-        if env.active and settings.max_minutes:
-            stop = [time.perf_counter() - started > 60 * settings.max_minutes]
-            dist_module.broadcast_object_list(stop, src=0)   # every process stops at the same epoch
-            if stop[0]:
-                run_settings.max_minutes = 0.0
         if progress:
             progress.epoch(record)
 
-    dist_module = None
     try:
-        with warnings.catch_warnings(), _sigterm_as_interrupt(), \
-                (_distributed_training(env, device) if env.active else contextlib.nullcontext()) as dist_module:
-            # train.py logs losses with float(tensor); keep torch's warning about it off Slicer's error log
-            warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
-            summary = train(volumes, run_settings, output, validation=validation, resume=resume, device=device,
-                            log=log, info=info)
+        with _sigterm_as_interrupt(), (_distributed_training(env, device, settings.max_minutes) if env.active
+                                       else contextlib.nullcontext()) as parallel:
+            summary = train(volumes, settings, output, validation=validation, resume=resume, device=device,
+                            log=log, info=info, parallel=parallel)
     except (KeyboardInterrupt, Cancelled):
         if env.writer:
             hint = f"; continue with --resume {checkpoint}" if checkpoint.is_file() else ""
@@ -753,10 +706,6 @@ def run(args) -> int:
     if progress:
         progress.end(seconds)
         best = summary["best"]
-        if validation and not best.get("epoch"):
-            # train() writes validated weights only; a time limit can end the run before the first validation
-            raise ValueError(f"training stopped at epoch {summary['epoch']} before its first validation, so no "
-                             f"weights were written; continue with --resume {checkpoint} or lower --validate_every")
         if validation:
             detail = f"best validation PSNR {best['val_psnr']:.2f} dB at epoch {best['epoch']}"
         else:

@@ -72,6 +72,13 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Geometry, int]:
     return array, geometry_of(image), image.GetPixelID()
 
 
+def default_file_mode() -> int:
+    """The permissions a plainly created file gets under the umask (mkstemp's files are owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def cast_like(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Round and clip a float array into an integer dtype's range (or just cast to a float dtype)."""
     dtype = np.dtype(dtype)
@@ -102,6 +109,7 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, geometry: Geometry,
     os.close(fd)
     try:
         sitk.WriteImage(to_image(array, geometry), tmp, True)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
 from .model import CycleINR
+from .volume_io import default_file_mode
 
 FORMAT = "cycleinr-weights/1"
 BUNDLED = {"default": "cycleinr_paper", "paper": "cycleinr_paper", "fast": "cycleinr_fast"}
@@ -50,6 +51,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
