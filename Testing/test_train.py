@@ -31,6 +31,19 @@ def test_cycle_weight_zero_has_no_cycle_term():
     assert with_cycle["total"] > with_cycle["fit"] > 0
 
 
+def test_l2_loss_is_the_squared_error():
+    from cycleinr.config import preset
+    from cycleinr.model import CycleINR
+    batch = sample_batch(np.random.default_rng(1), VOLUMES, 2, 3, 12, scale_range=(2.0, 4.0))
+    model = CycleINR(preset("fast", **TINY))
+    with torch.no_grad():
+        pred = model(torch.from_numpy(batch.lr), torch.from_numpy(batch.z_hr))
+        l2 = losses(model, batch, 0.0, "cpu", "l2")["fit"]
+    assert torch.isclose(l2, (pred - torch.from_numpy(batch.hr)).square().mean())
+    with pytest.raises(ValueError, match="loss"):
+        TrainSettings(loss="huber")
+
+
 def test_resume_equals_uninterrupted(tmp_path):
     full = train(VOLUMES, settings(), tmp_path / "full.safetensors", device="cpu")
     train(VOLUMES, settings(), tmp_path / "part.safetensors", device="cpu", stop_after_epoch=2)
