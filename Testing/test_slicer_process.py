@@ -393,7 +393,7 @@ def test_importing_the_slicer_helpers_does_not_load_torch():
     code = ("import sys\n"
             "import CycleINRSRLib.dependencies, CycleINRSRLib.layout, CycleINRSRLib.process\n"
             "import CycleINRSRLib.upsampling, CycleINRSRLib.volumes\n"
-            "print(sorted(m for m in ('torch', 'cycleinr', 'qt') if m in sys.modules))\n")
+            "print(sorted(m for m in ('torch', 'cycleinr.model', 'qt') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env=proc.buildEnvironment())
     assert out.returncode == 0, out.stderr

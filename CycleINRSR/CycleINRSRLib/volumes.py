@@ -18,22 +18,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING
 
 import numpy as np
 import slicer
 import vtk
 
-if TYPE_CHECKING:
-    from cycleinr.geometry import Geometry
-
-def _geometryClass():
-    # Imported on use: importing the cycleinr package loads torch, which Slicer may not have yet when
-    # the module panel opens (dependencies are installed on first Apply).
-    from cycleinr.geometry import Geometry
-
-    return Geometry
-
+from cycleinr.geometry import Geometry  # numpy only: the cycleinr package loads torch lazily
 
 # RAS <-> LPS: negate the first two physical axes.
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -53,7 +43,7 @@ def geometryFromNode(node) -> Geometry:
     spacing = tuple(float(s) for s in node.GetSpacing())
     originLPS = _RAS_TO_LPS @ np.asarray(node.GetOrigin(), dtype=float)
     directionLPS = _RAS_TO_LPS @ ijkToRASDirections(node)
-    return _geometryClass()(spacing=spacing, origin=tuple(float(v) for v in originLPS),
+    return Geometry(spacing=spacing, origin=tuple(float(v) for v in originLPS),
                     direction=tuple(float(v) for v in directionLPS.reshape(-1)))
 
 

@@ -18,14 +18,8 @@ COMMANDS = ("upsample_cmd", "train_cli", "evaluate", "bench", "lpips")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cycleinr", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f".{name}", __package__)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+    for name in COMMANDS:                  # imported here so that `--help` lists every command
+        importlib.import_module(f".{name}", __package__).add_parser(sub)
     return parser
 
 
