@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .geometry import resolve_target_spacing
-from .inference import select_device, upsample
+from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, DEFAULT_WINDOW, select_device, upsample
 from .metrics import snli
 from .volume_io import cast_like, read_volume, write_volume
 
@@ -28,9 +28,12 @@ def add_parser(subparsers):
     size.add_argument("--factor", type=float, metavar="F", help="upsampling factor (> 1) instead of --thickness")
     p.add_argument("--model", default="default", help="default, fast, or a .safetensors weights file")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--window", type=int, default=16, metavar="LR_SLICES", help="input slices per window")
-    p.add_argument("--overlap", type=int, default=4, metavar="LR_SLICES", help="slices shared by windows")
-    p.add_argument("--tile", type=int, default=256, metavar="PIXELS", help="in-plane tile size")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW, metavar="LR_SLICES",
+                   help=f"input slices per window (default {DEFAULT_WINDOW})")
+    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, metavar="LR_SLICES",
+                   help=f"slices shared by neighbouring windows (default {DEFAULT_OVERLAP})")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE, metavar="PIXELS",
+                   help=f"in-plane tile size (default {DEFAULT_TILE})")
     p.add_argument("--report", metavar="JSON", help="also write SNLI of input and output and timing here")
     p.add_argument("--figure", metavar="PNG", help="also write an input-vs-output comparison picture here")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
