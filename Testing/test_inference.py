@@ -57,6 +57,20 @@ def test_sliding_window_equals_whole_volume():
     assert np.abs(whole.array - np.repeat(vol, 3, 0)[:len(whole.positions)]).max() > 1  # not trivial
 
 
+def test_default_cpu_tiles_stitch_like_one_tile(monkeypatch):
+    """The CPU default tiles (DEFAULT_TILE['cpu']) and small decode chunks change speed, not the result."""
+    from cycleinr import inference
+
+    model = make_model(seed=6)
+    vol = phantom((6, 20, inference.DEFAULT_TILE["cpu"] + 30)).astype(np.float32)   # needs two x tiles
+    one = upsample(vol, (1, 1, 2.0), factor=2, model=model, device="cpu", tile=1000,
+                   margin=model.config.context_radius)
+    monkeypatch.setenv("CYCLEINR_POINTS_PER_CHUNK", "100")                        # one slice per chunk
+    tiled = upsample(vol, (1, 1, 2.0), factor=2, model=model, device="cpu", margin=model.config.context_radius)
+    assert inference.spans(vol.shape[2], inference.DEFAULT_TILE["cpu"], 2) != [(0, vol.shape[2] - 1)]
+    assert np.abs(tiled.array - one.array).max() < 1e-5 * np.ptp(one.array)
+
+
 def test_input_is_not_modified(tiny_model, volume):
     before = volume.copy()
     upsample(volume, (1, 1, 2.0), factor=2, model=tiny_model)

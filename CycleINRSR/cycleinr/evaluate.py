@@ -358,6 +358,8 @@ def views_figure(path: Path, detail: dict, spacing, scale: float, rows: list[dic
                  **bar)
     if err is not None:
         fig.colorbar(err, ax=axes[:, 3:].ravel().tolist(), label="method - HR (HU), window [-200, 200]", **bar)
+    for ax in axes.flat:
+        ax.set_anchor("C")                     # colorbars re-anchor their parents; centre short views in the row
     fig.suptitle(title, fontsize=11, y=1 - 0.12 / height)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)

@@ -32,8 +32,8 @@ def add_parser(subparsers):
                    help=f"input slices per window (default {DEFAULT_WINDOW})")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, metavar="LR_SLICES",
                    help=f"slices shared by neighbouring windows (default {DEFAULT_OVERLAP})")
-    p.add_argument("--tile", type=int, default=DEFAULT_TILE, metavar="PIXELS",
-                   help=f"in-plane tile size (default {DEFAULT_TILE})")
+    p.add_argument("--tile", type=int, metavar="PIXELS",
+                   help=f"in-plane tile size (default {DEFAULT_TILE['cpu']} on CPU, {DEFAULT_TILE['cuda']} on CUDA)")
     p.add_argument("--report", metavar="JSON", help="also write SNLI of input and output and timing here")
     p.add_argument("--figure", metavar="PNG", help="also write an input-vs-output comparison picture here")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
