@@ -144,9 +144,11 @@ def test_network_input_mapping():
     np.testing.assert_allclose(x[0, 1, 0].numpy(), [-1, -1, 0, 1, 1])
 
 
+@pytest.mark.slow
 def test_real_weights_give_sensible_values():
-    if not lpips.lpips_available("alex"):
-        pytest.skip(f"converted LPIPS weights not in {lpips.cache_dir()}; run `python -m cycleinr lpips-weights`")
+    """Needs the converted weights (``python -m cycleinr lpips-weights`` downloads them): slow, not default."""
+    assert lpips.lpips_available("alex"), f"no converted LPIPS weights in {lpips.cache_dir()}: run " \
+        "`python -m cycleinr lpips-weights` first"
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:128, :128]
     head = np.where((yy - 64) ** 2 + (xx - 64) ** 2 < 50 ** 2, 40.0, -1000.0)

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
+import slicer  # PyPI slicer-core (real MRML, no Qt); Testing/run_tests.sh installs it, a missing one fails
 
-slicer = pytest.importorskip("slicer", reason="PyPI slicer-core (MRML without Qt) is not installed")
-if not hasattr(slicer, "vtkMRMLScene"):
-    pytest.skip("this 'slicer' has no MRML classes", allow_module_level=True)
-
-import SimpleITK as sitk  # noqa: E402
+assert hasattr(slicer, "vtkMRMLScene"), "this 'slicer' module has no MRML classes: install PyPI slicer-core"
 import vtk  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "CycleINRSR"))
