@@ -1,6 +1,8 @@
 """Train a bundled model on the provided real CT split (runs/data from split_data.py) on the CPU.
 
     python Testing/benchmarks/train_bundled.py paper runs/models/cycleinr_paper.safetensors --minutes 70
+    python Testing/benchmarks/train_bundled.py paper runs/models/cycleinr_paper.safetensors --minutes 85 \
+        --resume runs/models/cycleinr_paper.ckpt.safetensors --halve-every 75      # continue, slower decay
 
 Head CT training slab in every orientation (slices 0-75; in-plane axes as extra slice axes) plus the
 5 mm chest CT's in-plane axes only. Interval-sampling degradation, scales 2.0-6.0, cycle loss and local
@@ -42,8 +44,11 @@ def main():
     ap.add_argument("--data", default="runs/data")
     ap.add_argument("--chest", default="../shared/data/lung_dx_a0001_chest_ct_5mm.nrrd")
     ap.add_argument("--minutes", type=float, default=60)
+    ap.add_argument("--epochs", type=int, default=100000, help="stop after this many epochs (or --minutes)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--resume")
+    ap.add_argument("--halve-every", type=int, help="epochs per learning-rate halving (overrides the recipe; "
+                    "the schedule counts from epoch 1, also on resume)")
     ap.add_argument("--ablation", choices=ABLATIONS, help="train an ablation variant of the recipe")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)     # kill = interrupt: checkpoint first
@@ -55,7 +60,9 @@ def main():
     recipe = dict(RECIPES[args.recipe])
     if args.ablation:
         recipe["model_overrides"], recipe["cycle_weight"] = ABLATIONS[args.ablation]
-    settings = TrainSettings(**recipe, epochs=100000, checkpoint_every=5, max_minutes=args.minutes)
+    if args.halve_every:
+        recipe["halve_every"] = args.halve_every
+    settings = TrainSettings(**recipe, epochs=args.epochs, checkpoint_every=5, max_minutes=args.minutes)
     info = {"data": "head CT slices 0-75 (axes z, y, x) + chest CT 5 mm (axes y, x)", "recipe": args.recipe, "ablation": args.ablation,
             "hardware": f"CPU, {torch.get_num_threads()} threads"}
     summary = train(volumes, settings, args.output, resume=args.resume, device="cpu", info=info,
