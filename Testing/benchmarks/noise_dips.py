@@ -13,15 +13,15 @@ import numpy as np
 
 from cycleinr.baselines import interpolate
 from cycleinr.degrade import simulate_thick
+from cycleinr.evaluate import new_slice_mask
 from cycleinr.inference import upsample
-from cycleinr.metrics import noise_sigma_per_slice, snli
+from cycleinr.metrics import snli
 from cycleinr.volume_io import read_volume
 
 
-def dip_ratio(volume: np.ndarray, scale: float) -> float:
-    sigma = noise_sigma_per_slice(volume)
-    k = np.arange(len(sigma))
-    generated = np.abs(k / scale - np.round(k / scale)) > 1e-6
+def dip_ratio(sigma: np.ndarray, scale: float) -> float:
+    """Mean per-slice noise sigma of generated slices over that of slices on thick-slice positions."""
+    generated = new_slice_mask(len(sigma), scale)
     return float(sigma[generated].mean() / sigma[~generated].mean())
 
 
@@ -38,9 +38,10 @@ def main():
         lr, _ = simulate_thick(hr, s)
         outputs = {m: interpolate(lr, (1, 1, s), factor=s, method=m).array for m in ("linear", "cubic")}
         outputs.update({m: upsample(lr, (1, 1, s), factor=s, model=m, device="cpu").array for m in args.models})
-        outputs = {"HR": hr[:len(next(iter(outputs.values())))], **outputs}
+        outputs = {"HR": hr[:len(outputs["linear"])], **outputs}     # the HR slices the outputs land on
         for name, volume in outputs.items():
-            print(f"x{s:g} | {name} | {dip_ratio(volume, s):.3f} | {snli(volume).value:.3f}", flush=True)
+            result = snli(volume)
+            print(f"x{s:g} | {name} | {dip_ratio(result.sigmas, s):.3f} | {result.value:.3f}", flush=True)
 
 
 if __name__ == "__main__":
