@@ -1,8 +1,12 @@
-"""The picture a user looks at first: input vs. upsampled output through the slice axis, and the noise curve.
+"""The picture a user looks at first: input vs. upsampled output, and the noise curve.
 
-Coronal and sagittal cuts (planes containing the slice axis K) show the "staircase" of thick slices and
-whether the new slices blend in; the per-slice noise sigma (the curve behind SNLI) shows whether
-generated slices are smoother than acquired ones.
+The axial column shows a *generated* output slice (half-way between two acquired ones, where the
+network did the work) next to the nearest acquired input slice: an acquired output slice would look
+the same as the input and prove nothing. Coronal and sagittal cuts (planes containing the slice axis K)
+show the staircase of thick slices and whether the new slices blend in; they are cropped to a square
+field of view so they are as large as the axial views. Windows are stated clinical ones (soft tissue and
+lung for CT in HU; percentiles otherwise), edges carry patient orientation letters, and the per-slice
+noise sigma (the curve behind SNLI) shows whether generated slices are smoother than acquired ones.
 """
 
 from __future__ import annotations
@@ -13,46 +17,108 @@ import numpy as np
 
 from .metrics import snli
 
+SOFT_TISSUE = ("soft tissue W400 L40", (-160.0, 240.0))
+LUNG = ("lung W1500 L-600", (-1350.0, 150.0))
+_LETTERS = (("L", "R"), ("P", "A"), ("S", "I"))      # ITK/DICOM LPS: +x left, +y posterior, +z superior
+
+
+def orientation_letter(vector) -> str:
+    """Letter(s) of the patient direction a physical (LPS) vector points to, dominant axis first."""
+    v = np.asarray(vector, dtype=float)
+    order = np.argsort(-np.abs(v))
+    letters = [_LETTERS[a][0 if v[a] > 0 else 1] for a in order if abs(v[a]) > 0.25 * np.abs(v).max()]
+    return "".join(letters[:2])
+
+
+def windows_for(volume: np.ndarray) -> list[tuple[str, tuple[float, float]]]:
+    """Clinical CT windows when the values look like HU (air near -1000), else the 1st-99th percentile."""
+    if float(volume.min()) < -500:
+        return [SOFT_TISSUE, LUNG]
+    lo, hi = np.percentile(volume, [1, 99])
+    return [(f"1st-99th percentile ({lo:.0f}..{hi:.0f}, not HU)", (float(lo), float(hi)))]
+
+
+def generated_slice(positions: np.ndarray) -> int:
+    """Index of the output slice nearest the middle that lies furthest from any acquired slice."""
+    frac = np.abs(positions - np.round(positions))
+    middle = len(positions) // 2
+    score = frac - 1e-3 * np.abs(np.arange(len(positions)) - middle) / max(len(positions), 1)
+    return int(np.argmax(score))
+
+
+def _square_crop(n_rows: int, row_mm: float, n_cols: int, col_mm: float) -> tuple[slice, slice]:
+    """Central crop of a (rows, cols) image to a square physical field of view."""
+    side = min(n_rows * row_mm, n_cols * col_mm)
+    r, c = max(1, int(round(side / row_mm))), max(1, int(round(side / col_mm)))
+    r0, c0 = (n_rows - r) // 2, (n_cols - c) // 2
+    return slice(r0, r0 + r), slice(c0, c0 + c)
+
 
 def comparison_figure(path, lr: np.ndarray, out: np.ndarray, spacing_xyz, target: float,
-                      window=(-1000, 1000), title: str = "") -> Path:
-    """Write a PNG: rows = input (nearest along K) and output; columns = middle axial, coronal, sagittal
-    cut with physical aspect; plus per-slice noise sigma of both against physical K position."""
+                      direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), title: str = "") -> Path:
+    """Write a PNG (or PDF/SVG, from the name): rows = input (nearest acquired slice along K) and output;
+    columns = axial in each window, coronal and sagittal cuts with physical aspect; plus the per-slice
+    noise sigma of both against physical K position."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sx, sy, sz = spacing_xyz
+    sx, sy, sz = (float(s) for s in spacing_xyz)
+    axes_dir = np.asarray(direction, dtype=float).reshape(3, 3).T      # rows: physical vectors of i, j, k
     n_in, n_out = lr.shape[0], out.shape[0]
-    z_in, z_out = np.arange(n_in) * sz, np.arange(n_out) * target
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5), gridspec_kw={"width_ratios": [1, 1, 1, 1.2]})
+    positions = np.arange(n_out) * target / sz                         # in input slice-index units
+    k_out = generated_slice(positions)
+    k_in = int(round(positions[k_out]))
+    windows = windows_for(lr)
     y, x = out.shape[1] // 2, out.shape[2] // 2
-    for row, (vol, dz, label) in enumerate(((lr, sz, f"input, {sz:g} mm"), (out, target, f"output, {target:g} mm"))):
-        k = int(round((n_in // 2) * sz / dz))
-        views = [(vol[k], sy / sx, "axial"), (vol[:, y, :], dz / sx, "coronal (x-z)"),
-                 (vol[:, :, x], dz / sy, "sagittal (y-z)")]
-        for col, (img, aspect, name) in enumerate(views):
+    n_img = len(windows) + 2
+    fig, axes = plt.subplots(2, n_img + 1, figsize=(4.2 * n_img + 5.5, 9.6), layout="constrained",
+                             gridspec_kw={"width_ratios": [1] * n_img + [1.4]})
+    rows = ((lr, sz, f"input {sz:g} mm", f"nearest acquired slice {k_in} (at {k_in * sz:g} mm)"),
+            (out, target, f"output {target:g} mm", f"generated slice {k_out} (at {k_out * target:g} mm)"))
+    for row, (vol, dz, label, which) in enumerate(rows):
+        k = k_in if row == 0 else k_out
+        views = [(vol[k], sy, sx, f"axial, {name}", (1, 0), win) for name, win in windows]
+        short = windows[0][0].split(" W")[0]
+        views.append((vol[:, y, :], dz, sx, f"coronal (x-z), {short}", (2, 0), windows[0][1]))
+        views.append((vol[:, :, x], dz, sy, f"sagittal (y-z), {short}", (2, 1), windows[0][1]))
+        for col, (img, row_mm, col_mm, name, (ra, ca), win) in enumerate(views):
             ax = axes[row, col]
-            ax.imshow(img, cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect, interpolation="nearest",
-                      origin="upper" if col == 0 else "lower")
-            ax.set_title(f"{label}: {name}")
+            axial = col < len(windows)
+            rs, cs = (slice(None), slice(None)) if axial else _square_crop(img.shape[0], row_mm, img.shape[1], col_mm)
+            ax.imshow(img[rs, cs], cmap="gray", vmin=win[0], vmax=win[1], aspect=row_mm / col_mm,
+                      interpolation="nearest", origin="upper" if axial else "lower")
+            ax.set_title(f"{label}: {name}\n" + (which if axial else "centre, cropped square"), fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-    gs = axes[0, 3].get_gridspec()
-    for ax in axes[:, 3]:
+            _letters(ax, axes_dir[ca], axes_dir[ra], rows_down=axial)
+    gs = axes[0, n_img].get_gridspec()
+    for ax in axes[:, n_img]:
         ax.remove()
-    curve = fig.add_subplot(gs[:, 3])
+    curve = fig.add_subplot(gs[:, n_img])
     s_in, s_out = snli(lr), snli(out)
-    curve.plot(z_out, s_out.sigmas, ".-", ms=3, lw=0.8, label=f"output (SNLI {s_out.value:.2f})")
-    curve.plot(z_in, s_in.sigmas, "o", ms=5, label=f"input (SNLI {s_in.value:.2f})")
+    curve.plot(np.arange(n_out) * target, s_out.sigmas, ".-", ms=3, lw=0.8, label=f"output (SNLI {s_out.value:.2f})")
+    curve.plot(np.arange(n_in) * sz, s_in.sigmas, "o", ms=5, label=f"input (SNLI {s_in.value:.2f})")
+    curve.axvline(k_out * target, color="0.6", lw=0.8, ls=":", label="generated slice shown")
     curve.set_xlabel("position along slice axis K (mm from first slice)")
-    curve.set_ylabel("noise sigma per slice (wavelet MAD estimate, HU)")
-    curve.set_title("per-slice noise: flat = consistent slices")
-    curve.legend()
-    fig.suptitle(title or "CycleINR: input vs. upsampled output (window "
-                 f"{window[0]}..{window[1]} HU)")
-    fig.tight_layout()
+    curve.set_ylabel("noise sigma per slice (wavelet MAD estimate)")
+    curve.set_title("per-slice noise; SNLI = its spread,\nlower = generated slices match acquired ones", fontsize=10)
+    curve.legend(fontsize=8)
+    stated = "; ".join(f"{name} = {lo:g}..{hi:g}" for name, (lo, hi) in windows)
+    fig.suptitle(f"{title or 'CycleINR: input vs. upsampled output'}\nwindows: {stated}"
+                 f"{' HU' if len(windows) > 1 else ''}", fontsize=11)
     path = Path(path)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80, format=path.suffix[1:].lower() or "png")
     plt.close(fig)
     return path
+
+
+def _letters(ax, right, down, rows_down: bool) -> None:
+    """Orientation letters at the four edges: ``right`` is the physical vector of +column, ``down`` of
+    +row (which is drawn downwards when ``rows_down``, upwards otherwise)."""
+    up = -np.asarray(down) if rows_down else np.asarray(down)
+    style = dict(color="yellow", fontsize=10, fontweight="bold", transform=ax.transAxes)
+    ax.text(0.99, 0.5, orientation_letter(right), ha="right", va="center", **style)
+    ax.text(0.01, 0.5, orientation_letter(-np.asarray(right)), ha="left", va="center", **style)
+    ax.text(0.5, 0.99, orientation_letter(up), ha="center", va="top", **style)
+    ax.text(0.5, 0.01, orientation_letter(-up), ha="center", va="bottom", **style)

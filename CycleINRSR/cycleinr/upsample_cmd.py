@@ -1,20 +1,65 @@
 """``cycleinr upsample``: the command that the Slicer panel runs in a background process.
 
 Progress goes to stderr as ``cycleinr: progress NN.N% ...`` lines; a bad input ends with exit status 2
-and one line ``cycleinr: error: <reason>``. The output file appears only once complete.
+and one line ``cycleinr: error: <reason>``, before any upsampling: output paths, options and the model are
+checked before the input is even read. Outputs (volume, report, figure) appear together, only once all
+of them are complete. Input the model was not trained for (scale, intensities) gets a stated warning.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from .geometry import resolve_target_spacing
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, DEFAULT_WINDOW, select_device, upsample
 from .metrics import snli
-from .volume_io import cast_like, read_volume, write_volume
+from .outputs import (
+    FIGURE_FORMATS,
+    REPORT_FORMATS,
+    VOLUME_FORMATS,
+    Staged,
+    check_distinct,
+    check_output,
+    format_of,
+)
+from .volume_io import cast_like, read_volume, write_image_file
+from .weights import BUNDLED, load_model, model_for_device
+
+MODEL_HELP = ("auto (the default: the paper-size 'default' model on CUDA, the small 'fast' one on a CPU), "
+              "default, fast, or a .safetensors weights file whose .json configuration (same name) lies beside it")
+DEVICE_HELP = "auto (CUDA when torch sees a GPU, else CPU), cpu or cuda"
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (an error at parse time, before any work)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def int_at_least(low: int):
+    """argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
 
 
 def add_parser(subparsers):
@@ -22,55 +67,123 @@ def add_parser(subparsers):
                               description="Upsample INPUT along its slice axis (IJK axis K) and write OUTPUT "
                                           "with the same origin and direction and the new slice spacing.")
     p.add_argument("input", help="volume file (NIfTI, NRRD, MHA, ...) or DICOM series folder")
-    p.add_argument("output", help="output volume file; its extension picks the format")
-    size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("--thickness", type=float, metavar="MM", help="output slice spacing in mm")
-    size.add_argument("--factor", type=float, metavar="F", help="upsampling factor (> 1) instead of --thickness")
-    p.add_argument("--model", default="default", help="default, fast, or a .safetensors weights file")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--window", type=int, default=DEFAULT_WINDOW, metavar="LR_SLICES",
-                   help=f"input slices per window (default {DEFAULT_WINDOW})")
-    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, metavar="LR_SLICES",
-                   help=f"slices shared by neighbouring windows (default {DEFAULT_OVERLAP})")
-    p.add_argument("--tile", type=int, metavar="PIXELS",
-                   help=f"in-plane tile size (default {DEFAULT_TILE['cpu']} on CPU, {DEFAULT_TILE['cuda']} on CUDA)")
-    p.add_argument("--report", metavar="JSON", help="also write SNLI of input and output and timing here")
-    p.add_argument("--figure", metavar="PNG", help="also write an input-vs-output comparison picture here")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("output", help=f"output volume file; its extension picks the format ({', '.join(VOLUME_FORMATS)})")
+    add_size_options(p)
+    add_model_options(p)
+    p.add_argument("--report", metavar="JSON", help="also write SNLI of input and output and timing here (.json)")
+    p.add_argument("--figure", metavar="PNG", help="also write an input-vs-output comparison picture here "
+                                                   f"({', '.join(FIGURE_FORMATS)})")
     p.set_defaults(func=run)
     return p
 
 
-def run(args) -> int:
-    out = Path(args.output)
-    if not out.parent.exists():
-        raise ValueError(f"output folder {out.parent} does not exist")
-    volume, geometry, _ = read_volume(args.input)
-    target = resolve_target_spacing(geometry.slice_spacing, args.thickness, args.factor)
+def add_size_options(p) -> None:
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--thickness", type=positive_float, metavar="MM", help="output slice spacing in mm")
+    size.add_argument("--factor", type=positive_float, metavar="F",
+                      help="upsampling factor (> 1) instead of --thickness; the models were trained on 2-6")
+
+
+def add_model_options(p) -> None:
+    """Options shared by ``upsample`` and ``batch``: which network, where, and how the volume is cut."""
+    p.add_argument("--model", default="auto", help=MODEL_HELP)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
+    p.add_argument("--window", type=int_at_least(2), default=DEFAULT_WINDOW, metavar="LR_SLICES",
+                   help=f"input slices per window, >= 2 (default {DEFAULT_WINDOW})")
+    p.add_argument("--overlap", type=int_at_least(0), default=DEFAULT_OVERLAP, metavar="LR_SLICES",
+                   help=f"slices shared by neighbouring windows, 0 .. window-1 (default {DEFAULT_OVERLAP})")
+    p.add_argument("--tile", type=int_at_least(8), metavar="PIXELS",
+                   help=f"in-plane tile size, >= 8 (default {DEFAULT_TILE['cpu']} on CPU, {DEFAULT_TILE['cuda']} on CUDA)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def check_options(args) -> None:
+    if args.overlap >= args.window:
+        raise ValueError(f"--overlap {args.overlap} must be smaller than --window {args.window}")
+
+
+def prepare_model(args):
+    """Device and network, resolved and loaded before any input is read: a missing weights file or an
+    absent GPU is reported before minutes of work, and 'auto' is said out loud."""
     device = select_device(args.device)
+    spec = model_for_device(device) if str(args.model) == "auto" else args.model
+    net = load_model(spec, device)
+    chosen = f"{spec} (auto: {'paper-size model on CUDA' if spec == 'default' else 'small CPU model'})" \
+        if str(args.model) == "auto" else str(spec)
+    return device, net, chosen
 
-    def progress(done, total):
-        if not args.quiet:
-            print(f"cycleinr: progress {100 * done / total:.1f}% (window {done}/{total})", file=sys.stderr, flush=True)
 
+def input_warnings(volume: np.ndarray, factor: float, net, model_spec: str) -> list[str]:
+    """What the model was not trained for: scales outside its training range, data that is not CT in HU."""
+    settings = (getattr(net, "meta", {}) or {}).get("training", {}).get("settings", {})
+    lo, hi = float(settings.get("scale_min", 2.0)), float(settings.get("scale_max", 6.0))
+    found = []
+    if factor > hi * (1 + 1e-6) or factor < lo * (1 - 1e-6):
+        found.append(f"factor x{factor:.3g} is outside the scales the model was trained on (x{lo:g}-x{hi:g}); "
+                     "the generated slices are an untested extrapolation")
+    if str(model_spec).split(" ")[0] in BUNDLED:
+        low, high = float(volume.min()), float(volume.max())
+        if low > -200:
+            found.append(f"intensities {low:g}..{high:g} do not look like CT in Hounsfield units (no air near "
+                         "-1000 HU); the bundled models were trained on CT in HU only, so results on MR or "
+                         "unscaled CT are not validated")
+    return found
+
+
+def upsample_volume(volume, geometry, target: float, net, device, args, progress=None) -> dict:
+    """Run the network on one volume; returns the output array, its geometry, timing and report."""
     start = time.perf_counter()
-    result = upsample(volume, geometry.spacing, target_spacing=target, model=args.model, device=device,
+    result = upsample(volume, geometry.spacing, target_spacing=target, model=net, device=device,
                       window=args.window, overlap=args.overlap, tile=args.tile, progress=progress)
     seconds = time.perf_counter() - start
     array = cast_like(result.array, volume.dtype)
-    write_volume(out, array, result.geometry(geometry))
-    if args.report:
-        report = {"input": _snli_dict(volume), "output": _snli_dict(array), "factor": geometry.slice_spacing / target,
-                  "target_spacing": target, "input_spacing": geometry.slice_spacing, "model": str(args.model),
-                  "device": str(device), "seconds": round(seconds, 3), "output_shape": list(array.shape)}
-        Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
-    if args.figure:
-        from .comparison import comparison_figure
-        comparison_figure(args.figure, volume, array, geometry.spacing, target,
-                          title=f"{Path(args.input).name} -> {target:g} mm ({Path(str(args.model)).stem} model)")
-        print(f"cycleinr: wrote {args.figure}", file=sys.stderr)
-    print(f"cycleinr: wrote {out} ({array.shape[0]} slices of {target:g} mm, from {volume.shape[0]} of "
-          f"{geometry.slice_spacing:g} mm) in {seconds:.1f} s on {device}", file=sys.stderr, flush=True)
+    return {"array": array, "geometry": result.geometry(geometry), "seconds": seconds}
+
+
+def make_report(volume, array, geometry, target, chosen, net, device, seconds, warnings) -> dict:
+    return {"input": _snli_dict(volume), "output": _snli_dict(array), "factor": geometry.slice_spacing / target,
+            "target_spacing": target, "input_spacing": geometry.slice_spacing, "model": chosen,
+            "model_file": str(getattr(net, "source", "")), "device": str(device), "seconds": round(seconds, 3),
+            "output_shape": list(array.shape), "warnings": warnings,
+            "snli_note": "SNLI: spread of the per-slice noise level; lower = generated slices match acquired ones"}
+
+
+def run(args) -> int:
+    out = check_output(args.output, VOLUME_FORMATS, "output")
+    report_path = check_output(args.report, REPORT_FORMATS, "--report") if args.report else None
+    figure_path = check_output(args.figure, FIGURE_FORMATS, "--figure") if args.figure else None
+    check_distinct({"output": out, "--report": report_path, "--figure": figure_path}, [args.input])
+    check_options(args)
+    device, net, chosen = prepare_model(args)
+    volume, geometry, _ = read_volume(args.input)
+    target = resolve_target_spacing(geometry.slice_spacing, args.thickness, args.factor)
+    warnings = input_warnings(volume, geometry.slice_spacing / target, net, chosen)
+    say = (lambda text: None) if args.quiet else (lambda text: print(f"cycleinr: {text}", file=sys.stderr, flush=True))
+    say(f"model {chosen} on {device}")
+    for text in warnings:
+        print(f"cycleinr: warning: {text}", file=sys.stderr, flush=True)
+
+    def progress(done, total):
+        say(f"progress {100 * done / total:.1f}% (window {done}/{total})")
+
+    done = upsample_volume(volume, geometry, target, net, device, args, progress)
+    array, seconds = done["array"], done["seconds"]
+    with Staged() as staged:
+        staged.write(out, lambda tmp: write_image_file(tmp, array, done["geometry"]), format_of(out, VOLUME_FORMATS))
+        if report_path:
+            report = make_report(volume, array, geometry, target, chosen, net, device, seconds, warnings)
+            text = json.dumps(report, indent=1) + "\n"
+            staged.write(report_path, lambda tmp: Path(tmp).write_text(text), ".json")
+        if figure_path:
+            from .comparison import comparison_figure
+            title = f"{Path(args.input).name} -> {target:g} mm, model {chosen}"
+            staged.write(figure_path, lambda tmp: comparison_figure(tmp, volume, array, geometry.spacing, target,
+                                                                    geometry.direction, title=title),
+                         format_of(figure_path, FIGURE_FORMATS))
+        written = staged.commit()
+    print(f"cycleinr: wrote {', '.join(str(p) for p in written)} ({array.shape[0]} slices of {target:g} mm, from "
+          f"{volume.shape[0]} of {geometry.slice_spacing:g} mm) in {seconds:.1f} s on {device}", file=sys.stderr,
+          flush=True)
     return 0
 
 

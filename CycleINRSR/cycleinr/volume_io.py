@@ -7,7 +7,6 @@ cancelled run never leaves a half-written file where a good one was.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +35,58 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
             if not series:
                 raise VolumeError(f"{path}: folder holds no DICOM series; give a volume file or a DICOM folder")
             files = max((reader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
+            check_slice_positions(path, files)
             reader.SetFileNames(files)
             return reader.Execute()
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
         raise VolumeError(f"{path}: SimpleITK cannot read it ({first})") from None
+
+
+def slice_positions(files) -> np.ndarray | None:
+    """Each DICOM file's position along the slice normal (mm), from ImagePositionPatient and
+    ImageOrientationPatient; None if a file lacks them (then nothing can be checked)."""
+    positions = []
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        if not (reader.HasMetaDataKey("0020|0032") and reader.HasMetaDataKey("0020|0037")):
+            return None
+        try:
+            ipp = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+            iop = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")])
+        except ValueError:
+            return None
+        if ipp.size != 3 or iop.size != 6:
+            return None
+        positions.append(float(ipp @ np.cross(iop[:3], iop[3:])))
+    return np.array(positions)
+
+
+def check_slice_positions(path, files) -> None:
+    """Refuse a DICOM series whose slices are not evenly spaced: a volume has one slice spacing, so
+    SimpleITK would silently use the average gap and put every slice (and every output slice) at the
+    wrong position. Gaps may differ by 1 % of the spacing plus 0.01 mm (rounding in the headers)."""
+    if len(files) < 3:
+        return
+    z = slice_positions(files)
+    if z is None:
+        return
+    gaps = np.abs(np.diff(z))
+    spacing = float(np.median(gaps))
+    if spacing <= 1e-6 or gaps.min() <= 1e-6:
+        raise VolumeError(f"{path}: DICOM series has several slices at the same position (duplicates or "
+                          "several stacks in one series); export a single stack")
+    bad = np.nonzero(np.abs(gaps - spacing) > 0.01 * spacing + 0.01)[0]
+    if bad.size:
+        k = int(bad[0])
+        shown = ", ".join(f"{g:g}" for g in np.unique(np.round(gaps, 2)))
+        raise VolumeError(
+            f"{path}: DICOM slices are not evenly spaced (gaps of {shown} mm; slices {k + 1} and {k + 2} are "
+            f"{gaps[k]:g} mm apart, the others mostly {spacing:g} mm), so no single slice spacing places them "
+            "right; resample the series onto a uniform grid first or give only its evenly spaced part")
 
 
 def check_volume(array: np.ndarray, what: str = "volume") -> None:
@@ -96,22 +141,19 @@ def to_image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return image
 
 
+def write_image_file(path: str | os.PathLike, array: np.ndarray, geometry: Geometry) -> None:
+    """Write (compressed) to exactly ``path``, which must be a temporary name that gets renamed."""
+    sitk.WriteImage(to_image(array, geometry), str(path), True)
+
+
 def write_volume(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, dtype=None) -> Path:
     """Write atomically: to a temporary file beside ``path``, renamed over it only once complete."""
-    path = Path(path)
+    from .outputs import VOLUME_FORMATS, Staged, check_output, format_of
+
+    path = check_output(path, VOLUME_FORMATS, "output volume")
     if dtype is not None:
         array = cast_like(array, dtype)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise VolumeError(f"{path}: folder {folder} does not exist")
-    suffix = "".join(path.suffixes) or ".nrrd"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
-        sitk.WriteImage(to_image(array, geometry), tmp, True)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with Staged() as staged:
+        staged.write(path, lambda tmp: write_image_file(tmp, array, geometry), format_of(path, VOLUME_FORMATS))
+        staged.commit()
     return path

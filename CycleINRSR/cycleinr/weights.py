@@ -28,18 +28,29 @@ class WeightsError(ValueError):
     """Weights that cannot be used: missing, unreadable, or not matching their configuration."""
 
 
-def models_dir() -> Path:
-    """Where the bundled models are: $CYCLEINR_MODELS, else Resources/Models in the source tree or the
-    Slicer install (next to the package's parent folder, or one level above it)."""
-    env = os.environ.get("CYCLEINR_MODELS")
-    if env:
-        return Path(env)
+def model_dirs() -> list[Path]:
+    """Folders searched for the bundled models, in order: $CYCLEINR_MODELS when set (an explicit choice
+    wins), the package's own ``models/`` (a wheel ships them there), then Resources/Models of the Slicer
+    install (beside the package's parent folder) or of the source tree (one level above it)."""
     here = Path(__file__).resolve().parent
-    candidates = [here.parent / "Resources" / "Models", here.parent.parent / "Resources" / "Models"]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return candidates[-1]
+    dirs = [here / "models", here.parent / "Resources" / "Models", here.parent.parent / "Resources" / "Models"]
+    env = os.environ.get("CYCLEINR_MODELS")
+    return [Path(env), *dirs] if env else dirs
+
+
+def models_dir() -> Path:
+    """The first folder of ``model_dirs()`` that exists (where a bundled model is looked up first)."""
+    dirs = model_dirs()
+    if os.environ.get("CYCLEINR_MODELS"):
+        return dirs[0]
+    return next((d for d in dirs if d.is_dir()), dirs[-1])
+
+
+def model_for_device(device: str | torch.device) -> str:
+    """The bundled model to use when the user did not choose: the paper-size 'default' on a GPU, the
+    small 'fast' one on a CPU, where the paper model takes minutes per volume instead of about a minute."""
+    kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0]
+    return "default" if kind == "cuda" else "fast"
 
 
 def json_path(path: Path) -> Path:
@@ -95,19 +106,30 @@ def save_model(path, model: CycleINR, **info) -> Path:
 
 
 def resolve(spec: str | os.PathLike) -> Path:
-    """'default', 'paper', 'fast' (bundled) or a path to a .safetensors file."""
+    """'default', 'paper', 'fast' (bundled: the first of ``model_dirs()`` that holds it) or a path to a
+    .safetensors file. 'auto' is resolved by the caller with ``model_for_device``."""
     name = BUNDLED.get(str(spec))
     if name is not None:
-        path = models_dir() / f"{name}.safetensors"
-        if not path.is_file():
-            raise WeightsError(f"bundled model '{spec}' not found at {path}; set CYCLEINR_MODELS to the "
-                               "folder holding cycleinr_*.safetensors or give a weights file path")
-        return path
+        dirs = model_dirs()
+        if os.environ.get("CYCLEINR_MODELS"):
+            dirs = dirs[:1]                 # an explicit folder is not silently bypassed
+        for folder in dirs:
+            path = folder / f"{name}.safetensors"
+            if path.is_file():
+                return path
+        raise WeightsError(f"bundled model '{spec}' ({name}.safetensors) not found in "
+                           f"{', '.join(str(d) for d in dirs)}; set CYCLEINR_MODELS to the folder holding "
+                           "cycleinr_*.safetensors or give a weights file path")
+    if str(spec) == "auto":
+        raise WeightsError("model 'auto' must be resolved for a device first (weights.model_for_device)")
     return Path(spec)
 
 
 def load_model(spec: str | os.PathLike = "default", device: str | torch.device = "cpu") -> CycleINR:
-    """Build the network from the JSON configuration and load its tensors (strictly: every key must match)."""
+    """Build the network from the JSON configuration and load its tensors (strictly: every key must match).
+    ``spec`` 'auto' picks the bundled model for ``device`` (``model_for_device``)."""
+    if str(spec) == "auto":
+        spec = model_for_device(device)
     path = resolve(spec)
     tensors, meta = load_tensors(path)
     if meta.get("format") != FORMAT or "config" not in meta:
