@@ -80,7 +80,10 @@ def _augment(rng, block: np.ndarray, noise_hu: float) -> np.ndarray:
         block = block[:, ::-1]
     if rng.random() < 0.5:
         block = block[:, :, ::-1]
-    block = np.rot90(block, k=int(rng.integers(0, 4)), axes=(1, 2))
+    turns = int(rng.integers(0, 4))
+    if block.shape[1] != block.shape[2]:
+        turns = 2 * (turns % 2)              # rectangular patches keep their shape: half turns only
+    block = np.rot90(block, k=turns, axes=(1, 2))
     gain, shift = 1 + rng.uniform(-0.05, 0.05), rng.uniform(-20, 20)
     block = block * gain + shift
     if noise_hu > 0:
@@ -88,11 +91,14 @@ def _augment(rng, block: np.ndarray, noise_hu: float) -> np.ndarray:
     return np.ascontiguousarray(block, dtype=np.float32)
 
 
-def sample_batch(rng: np.random.Generator, volumes: list[Volume], batch_size: int, lr_slices: int, patch: int,
+def sample_batch(rng: np.random.Generator, volumes: list[Volume], batch_size: int, lr_slices: int,
+                 patch: int | tuple[int, int],
                  scale_range=(2.0, 6.0), mode: str = "interval", augment: bool = True, noise_hu: float = 10.0,
                  offset: float = 0.0, scale_hu: float = 1000.0, min_tissue: float = 0.25) -> Batch:
     """A batch of LR/HR pairs sharing one scale (so their shapes match). Patch positions are redrawn
-    (up to 10 times) until at least ``min_tissue`` of the block is denser than -500 HU."""
+    (up to 10 times) until at least ``min_tissue`` of the block is denser than -500 HU. ``patch`` is the
+    in-plane size, square or (height, width) (per-scan adaptation: a thick axis with few slices)."""
+    ph, pw = (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[1]))
     scale = draw_scale(rng, *scale_range)
     span = int(math.floor((lr_slices - 1) * scale + 1e-6)) + 1      # HR targets: first to last LR slice
     need = int(math.ceil((lr_slices - 1) * scale - 1e-6)) + 1       # HR slices the last LR slice touches
@@ -104,17 +110,17 @@ def sample_batch(rng: np.random.Generator, volumes: list[Volume], batch_size: in
         if augment and rng.random() < 0.5:
             arr = arr[::-1]                                              # head-to-feet flip
         n, h, w = arr.shape
-        if n < need or h < patch or w < patch:
+        if n < need or h < ph or w < pw:
             raise VolumeError(f"{vol.name}: shape {arr.shape} along axis {axis} is too small for {lr_slices} "
-                              f"thick slices at scale {scale} with {patch}x{patch} patches")
+                              f"thick slices at scale {scale} with {ph}x{pw} patches")
         pad = int(math.ceil(scale / 2)) + 1                              # room for a full slab
         for _ in range(10):                      # prefer patches with tissue: air teaches nothing
             z0 = int(rng.integers(0, n - need + 1))
-            y0, x0 = int(rng.integers(0, h - patch + 1)), int(rng.integers(0, w - patch + 1))
-            if (arr[z0:z0 + need:2, y0:y0 + patch:2, x0:x0 + patch:2] > -500).mean() >= min_tissue:
+            y0, x0 = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+            if (arr[z0:z0 + need:2, y0:y0 + ph:2, x0:x0 + pw:2] > -500).mean() >= min_tissue:
                 break
         lo, hi = max(z0 - pad, 0), min(z0 + need + pad, n)
-        block = arr[lo:hi, y0:y0 + patch, x0:x0 + patch]
+        block = arr[lo:hi, y0:y0 + ph, x0:x0 + pw]
         block = _augment(rng, block, noise_hu) if augment else np.ascontiguousarray(block, dtype=np.float32)
         first = z0 - lo
         pos = lr_positions(block.shape[0], scale, first)[:lr_slices]

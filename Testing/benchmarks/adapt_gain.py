@@ -1,0 +1,77 @@
+"""What per-scan adaptation (``--adapt SECONDS``) buys: PSNR and noise-dip ratio, adapted vs not.
+
+Thick slices are simulated from a thin-slice volume (the held-out head slab by default); the model is
+adapted on the *thick* input only (its in-plane axes, never the thin truth), then both the original and
+the adapted model upsample it back, scored against the thin slices the output lands on. The dip ratio is
+the mean noise sigma of generated slices over that of acquired ones (``noise_dips.py``; HR's own ~1).
+
+    python Testing/benchmarks/split_data.py /work/shared/data runs/data
+    python Testing/benchmarks/adapt_gain.py runs/data/head_test_crop.nrrd --scales 3 5 --budgets 30 120 --threads 1
+
+``--transpose`` evaluates a thick-slice scan on its in-plane check instead: the array's y axis becomes
+the slice axis (thin truth at the in-plane pixel spacing), so the adaptation can only use x.
+"""
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from noise_dips import dip_ratio
+
+from cycleinr.adapt import adapt_model
+from cycleinr.degrade import simulate_thick
+from cycleinr.inference import upsample
+from cycleinr.metrics import psnr, snli
+from cycleinr.volume_io import read_volume
+from cycleinr.weights import load_model
+
+
+def score(hr, lr, spacing, thin, scale, model, device) -> tuple[float, float]:
+    """PSNR against the thin slices the output lands on, and the noise-dip ratio of the output."""
+    out = upsample(lr, spacing, target_spacing=thin, model=model, device=device).array
+    return psnr(hr[:len(out)], out), dip_ratio(snli(out).sigmas, scale)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("volume", help="thin-slice volume (ground truth)")
+    ap.add_argument("--scales", type=float, nargs="+", default=[3, 5])
+    ap.add_argument("--budgets", type=float, nargs="+", default=[30, 120], help="adaptation seconds")
+    ap.add_argument("--model", default="fast")
+    ap.add_argument("--degradation", default="interval", choices=["interval", "slab"])
+    ap.add_argument("--transpose", action="store_true", help="use the array's y axis as the slice axis")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hr, geometry, _ = read_volume(args.volume)
+    hr = hr.astype(np.float32)
+    sx, sy, sz = geometry.spacing
+    if args.transpose:
+        hr, (sy, sz) = np.ascontiguousarray(np.moveaxis(hr, 1, 0)), (sz, sy)
+    base = load_model(args.model, args.device)
+    print(f"{args.volume} {hr.shape} spacing x {sx:.3f} y {sy:.3f} z {sz:.3f} mm, model {args.model}, "
+          f"{args.degradation}, torch threads {torch.get_num_threads()}")
+    print("scale | adapt s | iterations | used s | held-out loss before -> after | PSNR dB | gain dB | dip ratio")
+    for s in args.scales:
+        lr, _ = simulate_thick(hr, s, args.degradation)
+        spacing = (sx, sy, sz * s)
+
+        p0, d0 = score(hr, lr, spacing, sz, s, base, args.device)
+        hr_dip = dip_ratio(snli(hr[:int(np.floor((len(lr) - 1) * s + 1e-6)) + 1]).sigmas, s)
+        print(f"x{s:g} | 0 | - | - | - | {p0:.2f} | - | {d0:.3f}  (HR's own dip ratio {hr_dip:.3f})", flush=True)
+        for budget in args.budgets:
+            start = time.perf_counter()
+            net, rep = adapt_model(base, lr, spacing, budget, target_spacing=sz, degradation=args.degradation,
+                                   seed=args.seed, device=args.device)
+            used = time.perf_counter() - start
+            p, d = score(hr, lr, spacing, sz, s, net, args.device)
+            print(f"x{s:g} | {budget:g} | {rep['iterations']} | {used:.1f} | {rep['loss_before']:.3e} -> "
+                  f"{rep['loss_after']:.3e} ({rep['kept'].split()[0]}) | {p:.2f} | {p - p0:+.2f} | {d:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
