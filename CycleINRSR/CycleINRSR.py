@@ -34,6 +34,18 @@ from slicer.util import VTKObservationMixin
 
 from CycleINRSRLib import process as cycleinrProcess
 
+# Checked before the classes below, which (like the core) use Python 3.10+ syntax that an older Slicer
+# cannot run: an older Slicer says why instead of failing on a TypeError or SyntaxError.
+MINIMUM_SLICER_VERSION = (5, 10)
+MINIMUM_PYTHON_VERSION = (3, 10)  # what this code needs; Slicer 5.10 has Python 3.12
+if sys.version_info < MINIMUM_PYTHON_VERSION or (
+        hasattr(slicer, "app") and (slicer.app.majorVersion, slicer.app.minorVersion) < MINIMUM_SLICER_VERSION):
+    raise ImportError(
+        "The CycleINR extension needs 3D Slicer {}.{} or later (with Python 3.12); this is Slicer {} with Python "
+        "{}. Please install a current Slicer from https://download.slicer.org.".format(
+            *MINIMUM_SLICER_VERSION,
+            getattr(getattr(slicer, "app", None), "applicationVersion", "?"), sys.version.split()[0]))
+
 SAMPLE_FILE = "CycleINRSampleChestCT5mm.nrrd"
 SAMPLE_NAME = "CycleINRSampleChestCT5mm"
 
@@ -53,7 +65,7 @@ class CycleINRSR(ScriptedLoadableModule):
         self.parent.title = _("CycleINR Super-Resolution")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Filtering")]
         self.parent.dependencies = []
-        self.parent.contributors = ["CycleINR Slicer extension developers"]
+        self.parent.contributors = ["CycleINR developers (CycleINR project)"]
         self.parent.helpText = _("""
 Upsamples a thick-slice CT or MR volume along its slice axis to any thinner slice spacing with CycleINR
 (Wei Fang et al., "CycleINR: Cycle Implicit Neural Representation for Arbitrary-Scale Volumetric
@@ -61,7 +73,7 @@ Super-Resolution of Medical Data", CVPR 2024). The result is a new volume named
 &lt;input&gt;_&lt;thickness&gt;mm with the input's origin and orientation; the input is not modified.
 The network runs in a background process (CPU or CUDA) and can be cancelled. SNLI (slice-wise noise level
 inconsistency) of input and output is reported; "Show comparison layout" shows both side by side.
-See the <a href="https://github.com/CycleINR/SlicerCycleINR#readme">documentation</a>.
+Needs 3D Slicer 5.10 or later and the PyTorch extension. See the <a href="https://github.com/CycleINR/SlicerCycleINR#readme">documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
 Based on the CycleINR method by Wei Fang, Yuxing Tang, Heng Guo, Mingze Yuan, Tony C. W. Mok, Ke Yan,
@@ -223,8 +235,10 @@ class CycleINRSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def onReload(self):
-        """Reload CycleINRSRLib too (Slicer's Reload only reloads this file)."""
-        for name in [n for n in sys.modules if n == "CycleINRSRLib" or n.startswith("CycleINRSRLib.")]:
+        """Reload CycleINRSRLib and the core package ``cycleinr`` too (Slicer's Reload only reloads this
+        file); the background process always starts with the current files anyway."""
+        packages = ("CycleINRSRLib", "cycleinr")
+        for name in [n for n in sys.modules if n in packages or n.startswith(tuple(p + "." for p in packages))]:
             del sys.modules[name]
         ScriptedLoadableModuleWidget.onReload(self)
 
@@ -410,8 +424,8 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
 
         settings = UpsampleSettings(targetThickness=float(targetThickness), model=model, device=device,
                                     window=window, overlap=overlap, tile=tile)
-        job = self.startUpsample(inputVolume, settings, onLine=lambda line: logging.debug(line))
-        job.wait(timeout=timeout)
+        job = self.startUpsample(inputVolume, settings)  # every output line goes to the log
+        job.wait(timeout=timeout)  # keeps Slicer's GUI responsive (processes events while waiting)
         if job.state != job.SUCCEEDED:
             raise RuntimeError(f"CycleINR upsampling {job.state}: {job.errorMessage}")
         return job
@@ -503,7 +517,8 @@ class CycleINRSRTest(ScriptedLoadableModuleTest):
     """Tier-3 self-test: real Slicer, real background process, fast model on CPU.
 
     Run it with Slicer's "Reload and Test" (developer mode), with ctest (py_CycleINRSR), or from a shell:
-    see README.md, section "3D Slicer module".
+    see README.md, section "3D Slicer module". ctest runs each ``test_*`` method alone (in alphabetical
+    order), so every one of them prepares what it needs (``_prepare``).
     """
 
     def setUp(self):
@@ -519,6 +534,13 @@ class CycleINRSRTest(ScriptedLoadableModuleTest):
             self.test_CycleINRSR_comparison_layout()
 
     # -- helpers
+    def _prepare(self):
+        """Dependencies (installed without asking in testing mode) and the bundled fast model."""
+        self.assertTrue(CycleINRSRLogic.ensureDependencies(askConfirmation=False),
+                        "PyTorch or another Python package is missing and could not be installed")
+        self.assertIsNotNone(cycleinrProcess.bundledModelFile("fast"),
+                             "the bundled fast model (Resources/Models/cycleinr_fast.safetensors) is missing")
+
     def _syntheticVolume(self, name="CycleINRTestOblique"):
         """Small oblique volume with a negative-ish, non-S/I slice axis and distinct voxel values."""
         import numpy as np
@@ -552,8 +574,8 @@ class CycleINRSRTest(ScriptedLoadableModuleTest):
         import numpy as np
 
         self.delayDisplay("Starting the geometry test")
+        self._prepare()
         logic = CycleINRSRLogic()
-        self.assertTrue(logic.ensureDependencies(askConfirmation=False))
         from cycleinr.geometry import output_slice_count
 
         inputNode, inputArray = self._syntheticVolume()
@@ -598,8 +620,10 @@ class CycleINRSRTest(ScriptedLoadableModuleTest):
 
     def test_CycleINRSR_cancel(self):
         import os.path
+        import time
 
         self.delayDisplay("Starting the cancel test")
+        self._prepare()
         logic = CycleINRSRLogic()
         from CycleINRSRLib.upsampling import UpsampleSettings
 
@@ -608,8 +632,11 @@ class CycleINRSRTest(ScriptedLoadableModuleTest):
         job = logic.startUpsample(inputNode, UpsampleSettings(targetThickness=0.5, model="fast", device="cpu"))
         folder = job.temporaryFolder
         self.assertTrue(os.path.isdir(folder))
+        started = time.monotonic()
         job.cancel()
+        self.assertLess(time.monotonic() - started, 5.0, "cancel blocked the GUI")
         self.assertEqual(job.state, job.CANCELLED)
+        self.assertFalse(job.running or job.process.running)
         self.assertIsNone(job.outputNode)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
         self.assertFalse(os.path.exists(folder))
@@ -619,6 +646,7 @@ class CycleINRSRTest(ScriptedLoadableModuleTest):
         if slicer.app.layoutManager() is None:
             self.skipTest("needs the main window (started without --no-main-window)")
         self.delayDisplay("Starting the comparison layout test")
+        self._prepare()
         from CycleINRSRLib import layout
 
         inputNode, _array = self._syntheticVolume("CycleINRTestLayout")

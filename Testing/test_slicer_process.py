@@ -179,6 +179,149 @@ def test_runner_cancel_kills_children(tmp_path):
         _wait_for(lambda: not _alive(child), 10)
 
 
+TREE_SCRIPT = """
+import subprocess, sys, time
+# a child that starts a grandchild, as PythonSlicer starts python-real which may start workers
+code = "import subprocess, sys, time; g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+code += "open(sys.argv[1], 'w').write(str(g.pid)); time.sleep(120)"
+c = subprocess.Popen([sys.executable, '-c', code, sys.argv[2]])
+open(sys.argv[1], 'w').write(str(c.pid))
+print('cycleinr: progress 1.0%', flush=True)
+time.sleep(120)
+"""
+
+
+def _pids_from(*files, timeout=30):
+    _wait_for(lambda: all(f.is_file() and f.read_text().strip() for f in files), timeout)
+    return [int(f.read_text()) for f in files]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="checks PIDs through /proc")
+def test_cancel_kills_child_and_grandchild_quickly(tmp_path):
+    """No process of the tree is left behind, and cancel does not block (the GUI) for long."""
+    files = (tmp_path / "child.pid", tmp_path / "grandchild.pid")
+    runner = proc.UpsampleProcess([sys.executable, "-c", TREE_SCRIPT, *map(str, files)])
+    runner.start()
+    pids = [runner.pid] + _pids_from(*files)
+    _wait_for(lambda: runner.poll() is None and runner.progress is not None, 30)
+    assert all(_alive(pid) for pid in pids)
+    started = time.monotonic()
+    runner.cancel()
+    assert time.monotonic() - started < 3.0
+    assert not runner.running and runner.poll() is not None and runner.cancelled
+    _wait_for(lambda: not any(_alive(pid) for pid in pids), 10)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="checks PIDs through /proc")
+def test_cancel_kills_grandchild_left_after_the_process_ended(tmp_path):
+    """The started process ended but a grandchild still runs and holds the output pipe (what python-real
+    does on Windows when only the launcher is killed): cancel still kills it, without blocking."""
+    marker = tmp_path / "orphan.pid"
+    script = ("import subprocess, sys\n"
+              "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+              f"open({str(marker)!r}, 'w').write(str(g.pid))\n")
+    runner = proc.UpsampleProcess([sys.executable, "-c", script])
+    runner.start()
+    (orphan,) = _pids_from(marker)
+    _wait_for(lambda: runner._process.poll() is not None, 30)  # the started process itself has ended
+    assert _alive(orphan)
+    started = time.monotonic()
+    runner.cancel()
+    assert time.monotonic() - started < 3.0
+    assert not runner.running
+    _wait_for(lambda: not _alive(orphan), 10)
+
+
+def test_cancel_timeout_does_not_leave_the_job_running(scene, tiny_weights, monkeypatch):
+    """If the process does not confirm its end in time (a kill that does not reach it), cancel still
+    returns within the timeout, the job is CANCELLED, nothing is added and the folder is removed."""
+    from CycleINRSRLib import upsampling
+
+    node = add_volume(scene, shape=(40, 48, 48))
+    n_nodes = scene.GetNumberOfNodes()
+    job = upsampling.UpsampleJob(node, upsampling.UpsampleSettings(0.25, model=tiny_weights, device="cpu",
+                                                                   window=2, overlap=1, tile=16))
+    job.start()
+    folder, process = job.temporaryFolder, job.process._process
+    try:
+        monkeypatch.setattr(proc, "killProcessTree", lambda process: None)  # the kill does not take effect
+        started = time.monotonic()
+        job.cancel(timeout=0.5)
+        assert time.monotonic() - started < 3.0
+        assert job.state == job.CANCELLED and not job.running and not job.process.running
+        assert job.outputNode is None and scene.GetNumberOfNodes() == n_nodes
+        assert process.poll() is None  # really still running: the timeout path was taken
+    finally:
+        monkeypatch.undo()
+        proc.killProcessTree(process)
+        process.wait(timeout=30)
+    assert not os.path.exists(folder)
+    job.cancel()  # a second cancel is harmless
+    assert job.state == job.CANCELLED
+
+
+def test_every_output_line_is_logged(caplog):
+    """A failure's whole traceback reaches the log (Slicer's log in Slicer), not only the lines shown."""
+    script = ("import sys\n"
+              "for i in range(600):\n"
+              "    print(f'line {i}', flush=i % 50 == 0)\n"
+              "raise RuntimeError('the real reason')\n")
+    runner = proc.UpsampleProcess([sys.executable, "-c", script])
+    with caplog.at_level("INFO", logger="CycleINR"):
+        runner.start()
+        assert runner.wait(timeout=60) == 1
+    logged = [r.getMessage() for r in caplog.records if r.name == "CycleINR"]
+    assert [f"CycleINR: line {i}" for i in range(600)] == logged[:600]
+    assert logged[600] == "CycleINR: Traceback (most recent call last):"
+    assert logged[-1] == "CycleINR: RuntimeError: the real reason"
+    assert len(runner.parser.lines) == 500  # what the panel keeps is bounded; the log has everything
+    assert runner.errorMessage().endswith("RuntimeError: the real reason")
+
+
+def test_utf8_characters_split_between_reads():
+    text = "naïve → 3 µm ✓ 😀\nzweite Zeile: Größe\n"
+    data = text.encode("utf-8")
+    parser = proc.OutputParser()
+    for i in range(len(data)):
+        parser.feedBytes(data[i:i + 1])  # every multibyte character arrives in pieces
+    parser.close()
+    assert list(parser.lines) == ["naïve → 3 µm ✓ 😀", "zweite Zeile: Größe"]
+    parser = proc.OutputParser()
+    parser.feedBytes("end ✓".encode()[:-1])
+    parser.close()
+    assert list(parser.lines) == ["end \ufffd"]  # a truncated last character is replaced, not raised
+
+
+def test_utf8_split_by_a_real_process():
+    script = ("import sys, time\n"
+              "data = 'Größe µm ✓\\n'.encode('utf-8')\n"
+              "for i in range(len(data)):\n"
+              "    sys.stdout.buffer.write(data[i:i + 1]); sys.stdout.buffer.flush(); time.sleep(0.01)\n")
+    runner = proc.UpsampleProcess([sys.executable, "-c", script])
+    runner.start()
+    while runner.poll() is None:  # poll often: reads arrive byte by byte
+        time.sleep(0.002)
+    assert list(runner.parser.lines) == ["Größe µm ✓"]
+
+
+def test_synchronous_wait_pumps_events(scene, tiny_weights):
+    """wait() calls the event pump between polls (in Slicer: slicer.app.processEvents)."""
+    from CycleINRSRLib import upsampling
+
+    assert proc.processEvents() is None  # outside the Slicer application there is nothing to pump
+    calls = []
+    runner = proc.UpsampleProcess([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    runner.start()
+    assert runner.wait(timeout=60, pumpEvents=lambda: calls.append(time.monotonic())) == 0
+    assert len(calls) >= 3
+    calls.clear()
+    job = upsampling.UpsampleJob(add_volume(scene), upsampling.UpsampleSettings(2.0, model=tiny_weights,
+                                                                                device="cpu"))
+    job.start()
+    assert job.wait(timeout=300, pumpEvents=lambda: calls.append(1)) == job.SUCCEEDED, job.errorMessage
+    assert len(calls) >= 3
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -388,9 +531,45 @@ def test_importing_the_slicer_helpers_does_not_load_torch():
     assert out.stdout.strip() == "[]"
 
 
-def test_missing_packages_is_pure_and_cheap():
+def test_dependency_checks_read_metadata_only():
     from CycleINRSRLib import dependencies
 
-    assert dependencies.missingPackages({"json": "json", "no_such_module_cycleinr": "nosuch>=1"}) == ["nosuch>=1"]
-    assert dependencies.missingPackages() == []  # everything the core needs is installed here
-    assert dependencies.torchInstalled()
+    assert dependencies.missingRequirements(["pytest", "no-such-distribution-cycleinr>=1", "pytest>=999"]) == [
+        "no-such-distribution-cycleinr>=1", "pytest>=999"]
+    assert dependencies.missingRequirements() == []  # everything the core needs is installed here
+    assert dependencies.torchMissing() is None
+    assert dependencies.ensureDependencies(askConfirmation=False)  # nothing missing: no dialog, no Slicer needed
+    assert dependencies.splitRequirement("scikit-image>=0.21") == ("scikit-image", ">=0.21")
+    assert dependencies.versionSatisfies("2.5.1+cu121", ">=2.1")
+    assert not dependencies.versionSatisfies("2.0.1", dependencies.TORCH_REQUIREMENT)
+    assert dependencies.versionSatisfies("2.1.0", dependencies.TORCH_REQUIREMENT)
+
+
+def test_one_confirmation_lists_everything():
+    from CycleINRSRLib import dependencies
+
+    text = dependencies.confirmationText("PyTorch is not installed", ["safetensors>=0.4", "PyWavelets>=1.4"])
+    for item in ("torch>=2.1", "PyTorch is not installed", "safetensors>=0.4", "PyWavelets>=1.4"):
+        assert item in text
+    assert "torch" not in dependencies.confirmationText(None, ["scipy"])
+
+
+def test_requirements_file_matches_pyproject():
+    """The packages Slicer installs are the core's (pyproject) with the same version floors; torch's floor
+    is TORCH_REQUIREMENT."""
+    import tomllib
+
+    from CycleINRSRLib import dependencies
+
+    def floors(requirements):
+        return dict(dependencies.splitRequirement(r) for r in requirements)
+
+    project = floors(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    slicer_side = floors(dependencies.readRequirements())
+    assert (ROOT / "CycleINRSR" / "Resources" / "requirements.txt").is_file()
+    assert project["torch"] == dependencies.TORCH_REQUIREMENT
+    for name, floor in slicer_side.items():
+        if name in project:
+            assert project[name] == floor, name
+    shipped_with_slicer = {"numpy", "SimpleITK", "matplotlib", "torch"}  # matplotlib: figures only, not in Slicer
+    assert set(project) - shipped_with_slicer <= set(slicer_side)

@@ -257,6 +257,30 @@ def test_temporary_folder_cleanup():
         path = tmp.path
     assert not Path(path).exists()
     tmp.cleanup()  # idempotent
+    # two folders made at the same moment are distinct (in Slicer they come from slicer.util.tempDirectory)
+    first, second = volumes.TemporaryFolder(), volumes.TemporaryFolder()
+    assert first.path != second.path and Path(first.path).is_dir() and Path(second.path).is_dir()
+    first.cleanup(), second.cleanup()
+
+
+@pytest.mark.parametrize("in_study", [True, False])
+def test_result_goes_into_the_input_study(scene, in_study):
+    """The result sits next to its input in the subject hierarchy (the patient's study), not at the top."""
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    node, array = make_volume(scene, "axial")
+    other, _ = make_volume(scene, "axial", name="other")
+    if in_study:
+        patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient")
+        study = sh.CreateStudyItem(patient, "CT study")
+        sh.CreateItem(study, node)
+        sh.CreateItem(sh.CreateStudyItem(patient, "another study"), other)
+    else:
+        study = sh.GetSceneItemID()
+        sh.CreateItem(study, node)
+    out = volumes.createUpsampledVolumeNode(node, np.repeat(array, 2, axis=0)[:-1], 1.0)
+    item = sh.GetItemByDataNode(out)
+    assert item and sh.GetItemParent(item) == study
+    assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study  # the input stays where it was
 
 
 # ---------------------------------------------------------------------------------- layout (MRML)

@@ -5,11 +5,14 @@ itself) is tested with pytest against the real command line. In Slicer the widge
 ``UpsampleProcess.poll()`` from a ``qt.QTimer``: output is read by a daemon thread into a queue and
 parsed on the caller's (GUI) thread, so callbacks may touch Qt and MRML safely. This mirrors Slicer's
 own non-blocking ``slicer.util.launchConsoleProcess`` (background reader thread + QTimer polling).
+Every output line goes to the ``CycleINR`` logger (Slicer's log); cancel kills the whole process tree.
 """
 
 from __future__ import annotations
 
+import codecs
 import collections
+import logging
 import os
 import queue
 import re
@@ -26,6 +29,8 @@ ERROR_PREFIX = "cycleinr: error:"
 DEVICES = ("auto", "cpu", "cuda")
 BUNDLED_MODELS = {"default": "cycleinr_paper", "fast": "cycleinr_fast"}
 EXIT_BAD_INPUT = 2
+
+logger = logging.getLogger("CycleINR")
 
 
 # ------------------------------------------------------------------------------------------ locations
@@ -230,17 +235,24 @@ def errorMessage(lines, returnCode: int | None) -> str:
 
 
 class OutputParser:
-    """Incremental parser of the process's output: splits on newlines and carriage returns (tqdm-style
-    updates), keeps the last ``maxLines`` lines, the latest progress and the latest error reason."""
+    """Incremental parser of the process's output: decodes UTF-8 incrementally (a character split between
+    two reads stays whole), splits on newlines and carriage returns (tqdm-style updates), logs every line
+    to ``logger`` (so a failure's whole traceback is in Slicer's log), keeps the last ``maxLines`` lines,
+    the latest progress and the latest error reason."""
 
     def __init__(self, onProgress: Callable[[float], None] | None = None,
-                 onLine: Callable[[str], None] | None = None, maxLines: int = 500):
+                 onLine: Callable[[str], None] | None = None, maxLines: int = 500, logPrefix: str = "CycleINR: "):
         self.onProgress = onProgress
         self.onLine = onLine
+        self.logPrefix = logPrefix
         self.lines = collections.deque(maxlen=maxLines)
         self.progress: float | None = None
         self.error: str | None = None
         self._partial = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feedBytes(self, data: bytes) -> None:
+        self.feed(self._decoder.decode(data))
 
     def feed(self, text: str) -> None:
         text = self._partial + text.replace("\r\n", "\n").replace("\r", "\n")
@@ -249,11 +261,13 @@ class OutputParser:
             self._line(line)
 
     def close(self) -> None:
+        self.feed(self._decoder.decode(b"", final=True))
         if self._partial:
             self._line(self._partial)
             self._partial = ""
 
     def _line(self, line: str) -> None:
+        logger.info("%s%s", self.logPrefix, line)
         self.lines.append(line)
         if self.onLine is not None:
             self.onLine(line)
@@ -269,17 +283,51 @@ class OutputParser:
 
 # ------------------------------------------------------------------------------------------------ runner
 
+def killProcessTree(process: subprocess.Popen) -> None:
+    """Kill a process started by ``UpsampleProcess.start`` and every process it started.
+
+    POSIX: the process leads its own process group (``start_new_session``), so one ``killpg`` reaches its
+    children and grandchildren, even after the leader itself has ended. Windows: Slicer's ``PythonSlicer``
+    is a launcher that runs ``python-real`` as a child; ``process.kill()`` would stop only the launcher,
+    so ``taskkill /T /F`` kills the tree."""
+    if os.name == "nt":
+        try:
+            subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
+                           creationflags=subprocess.CREATE_NO_WINDOW, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            logger.warning("CycleINR: taskkill failed (%s); killing the process only", exc)
+    else:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # the group is already gone
+    if process.poll() is None:
+        try:
+            process.kill()
+        except OSError:
+            pass
+
+
+def processEvents() -> None:
+    """Let Slicer's GUI handle pending events (repaints, clicks) during a synchronous wait; nothing outside
+    the Slicer application (slicer.app exists only there)."""
+    app = getattr(sys.modules.get("slicer"), "app", None)
+    if app is not None:
+        app.processEvents()
+
+
 class UpsampleProcess:
     """One background process. ``start()``, then ``poll()`` regularly (from a QTimer in Slicer) until it
     returns the exit code, or ``wait()``; ``cancel()`` kills it (and any children)."""
 
     def __init__(self, command: list[str], env: dict | None = None, cwd: str | None = None,
                  onProgress: Callable[[float], None] | None = None,
-                 onLine: Callable[[str], None] | None = None):
+                 onLine: Callable[[str], None] | None = None, logPrefix: str = "CycleINR: "):
         self.command = list(command)
         self.env = env
         self.cwd = cwd
-        self.parser = OutputParser(onProgress=onProgress, onLine=onLine)
+        self.parser = OutputParser(onProgress=onProgress, onLine=onLine, logPrefix=logPrefix)
         self.returnCode: int | None = None
         self.cancelled = False
         self._process: subprocess.Popen | None = None
@@ -331,7 +379,7 @@ class UpsampleProcess:
             if chunk is None:
                 ended = True
                 continue
-            self.parser.feed(chunk.decode("utf-8", errors="replace"))
+            self.parser.feedBytes(chunk)
 
     def poll(self) -> int | None:
         """Parse new output; the exit code once the process has ended and all output is parsed."""
@@ -345,17 +393,24 @@ class UpsampleProcess:
             return None
         if not ended:
             # Output may still be in flight: wait briefly for the reader to reach end of file.
-            if self._reader is not None:
-                self._reader.join(timeout=5.0)
-            self._drain()
-        self.parser.close()
-        if self._process.stdout is not None:
-            self._process.stdout.close()
+            self._endOutput(readerTimeout=5.0)
+        else:
+            self._endOutput(readerTimeout=0)
         self.returnCode = code
         return code
 
-    def wait(self, timeout: float | None = None, interval: float = 0.05) -> int:
-        """Block until the process ends (calling ``poll``); TimeoutError after ``timeout`` seconds."""
+    def _endOutput(self, readerTimeout: float) -> None:
+        if readerTimeout and self._reader is not None:
+            self._reader.join(timeout=readerTimeout)
+        self._drain()
+        self.parser.close()
+        if self._process.stdout is not None and not (self._reader is not None and self._reader.is_alive()):
+            self._process.stdout.close()  # (a reader still blocked on it is a daemon thread: left alone)
+
+    def wait(self, timeout: float | None = None, interval: float = 0.05,
+             pumpEvents: Callable[[], None] | None = processEvents) -> int:
+        """Block until the process ends (calling ``poll``); TimeoutError after ``timeout`` seconds.
+        ``pumpEvents`` runs between polls (default: Slicer's event loop, so the GUI stays alive)."""
         start = time.monotonic()
         while True:
             code = self.poll()
@@ -363,22 +418,25 @@ class UpsampleProcess:
                 return code
             if timeout is not None and time.monotonic() - start > timeout:
                 raise TimeoutError(f"process did not finish within {timeout} s")
+            if pumpEvents is not None:
+                pumpEvents()
             time.sleep(interval)
 
-    def cancel(self) -> None:
-        """Kill the process and its children now; ``poll()`` then returns the (signal) exit code."""
-        self.cancelled = True
-        process = self._process
-        if process is None or process.poll() is not None:
+    def cancel(self, timeout: float = 10.0) -> None:
+        """Kill the process tree and stop following it, within about ``timeout`` seconds: afterwards
+        ``running`` is False and ``poll()`` returns the exit code (-1 if the process did not confirm its
+        end in time, which is logged)."""
+        if self._process is None or self.returnCode is not None:
             return
+        self.cancelled = True
+        killProcessTree(self._process)
         try:
-            if os.name == "nt":
-                process.kill()
-            else:
-                os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError, OSError):
-            process.kill()
-        process.wait(timeout=10)
+            code = self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("CycleINR: process %d did not end within %g s of being killed", self.pid, timeout)
+            code = -1
+        self._endOutput(readerTimeout=1.0)
+        self.returnCode = code
 
     # -- results
     @property

@@ -178,8 +178,10 @@ class UpsampleJob:
         self._finish(code)
         return True
 
-    def wait(self, timeout: float | None = None, interval: float = 0.05) -> str:
-        """Block until finished; returns the final state. On timeout the job is cancelled."""
+    def wait(self, timeout: float | None = None, interval: float = 0.05,
+             pumpEvents: Callable[[], None] | None = proc.processEvents) -> str:
+        """Block until finished; returns the final state. On timeout the job is cancelled. ``pumpEvents``
+        runs between polls (default: Slicer's event loop, so the application does not freeze)."""
         if self.state == self.IDLE:
             raise RuntimeError("the job was not started")
         start = time.monotonic()
@@ -187,15 +189,20 @@ class UpsampleJob:
             if timeout is not None and time.monotonic() - start > timeout:
                 self.cancel()
                 raise TimeoutError(f"upsampling did not finish within {timeout} s; cancelled")
+            if pumpEvents is not None:
+                pumpEvents()
             time.sleep(interval)
         return self.state
 
-    def cancel(self) -> None:
-        """Kill the process; the job finishes as 'cancelled' without touching the scene."""
+    def cancel(self, timeout: float = 10.0) -> None:
+        """Kill the process tree; the job finishes as 'cancelled' without touching the scene, even if the
+        process does not confirm its end within ``timeout`` seconds."""
         if self.state != self.RUNNING:
             return
-        self.process.cancel()
-        self._finish(self.process.poll())
+        try:
+            self.process.cancel(timeout=timeout)
+        finally:
+            self._finish(self.process.returnCode)
 
     def _finish(self, code: int | None) -> None:
         self.seconds = time.monotonic() - self._start
@@ -206,6 +213,8 @@ class UpsampleJob:
             elif code != 0:
                 self.state = self.FAILED
                 self.errorMessage = self.process.errorMessage()
+                if self.process.parser.error is None:  # e.g. a traceback: only its last lines are shown
+                    self.errorMessage += "\n(The whole output of the process is in the application log.)"
             elif self.inputNode.GetScene() is None:
                 self.state = self.FAILED
                 self.errorMessage = "The input volume was removed from the scene while it was being upsampled."

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 
 import numpy as np
 import slicer
@@ -113,7 +114,26 @@ def _addVolumeNodeLike(inputNode, outputNode, name: str):
         outputNode.SetAndObserveTransformNodeID(transformId)
     outputNode.CreateDefaultDisplayNodes()
     copyDisplaySettings(inputNode, outputNode)
+    placeNextToInSubjectHierarchy(inputNode, outputNode)
     return outputNode
+
+
+def placeNextToInSubjectHierarchy(inputNode, outputNode) -> None:
+    """Put the output in the input's subject-hierarchy folder (its DICOM study, typically) instead of the
+    scene's top level. Creates the output's item if the scene has none yet (outside the Slicer application
+    nothing creates items automatically)."""
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(inputNode.GetScene())
+    if shNode is None:
+        return
+    inputItem = shNode.GetItemByDataNode(inputNode)
+    if not inputItem:
+        return
+    parent = shNode.GetItemParent(inputItem)
+    outputItem = shNode.GetItemByDataNode(outputNode)
+    if outputItem:
+        shNode.SetItemParent(outputItem, parent)
+    else:
+        shNode.CreateItem(parent, outputNode)
 
 
 def copyDisplaySettings(inputNode, outputNode) -> None:
@@ -204,12 +224,20 @@ def addResultVolumeNode(inputNode, path: str, targetSpacing: float, name: str | 
     return _addVolumeNodeLike(inputNode, resultNode, name)
 
 
+def makeTemporaryFolder(prefix: str = "CycleINR-") -> str:
+    """A new, empty folder of its own: in Slicer's temporary folder (``slicer.util.tempDirectory``; the
+    random part keeps two runs started in the same millisecond apart), else (slicer-core) the system's."""
+    if hasattr(slicer, "app"):
+        return slicer.util.tempDirectory(key=f"{prefix}{uuid.uuid4().hex[:8]}-")
+    return tempfile.mkdtemp(prefix=prefix)
+
+
 class TemporaryFolder:
     """A private temporary folder for the input/output/report files of one run; ``cleanup()`` removes it
     (idempotent). Usable as a context manager."""
 
     def __init__(self, prefix: str = "CycleINR-"):
-        self.path = tempfile.mkdtemp(prefix=prefix)
+        self.path = makeTemporaryFolder(prefix)
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)

@@ -207,7 +207,7 @@ def sem_xml() -> str:
     """The SlicerExecutionModel description of the parameters (the CycleINRTrain.xml text)."""
     root = ET.Element("executable")
     header = (("category", CATEGORY), ("title", "CycleINR Train"), ("description", DESCRIPTION),
-              ("version", __version__), ("documentation-url", ""), ("license", "Apache-2.0"),
+              ("version", __version__), ("documentation-url", "https://github.com/CycleINR/SlicerCycleINR/blob/main/CycleINRTrain/README.md"), ("license", "Apache-2.0"),
               ("contributor", "CycleINR Slicer extension contributors"),
               ("acknowledgements", "Method: W. Fang et al., CycleINR: Cycle Implicit Neural Representation for "
                                    "Arbitrary-Scale Volumetric Super-Resolution of Medical Data, CVPR 2024."))
@@ -245,6 +245,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
               for key, label, description, _ in GROUPS}
     for p in PARAMETERS:
         help_text = f"{p.label}: {p.description}".replace("%", "%%")
+        if p.name == "training":
+            help_text += " Required unless --training_folder is given."
         kwargs: dict[str, Any] = {"dest": p.name, "help": help_text}
         if p.tag == "boolean":
             kwargs["action"] = "store_true"
@@ -271,10 +273,19 @@ class _XmlAction(argparse.Action):
         parser.exit(0)
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" only where there is a default to show (not for files left unset)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_parser(subparsers):
     """Register ``cycleinr train``."""
     p = subparsers.add_parser("train", help="train CycleINR weights on thin-slice volumes", description=DESCRIPTION,
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=_DefaultsHelp)
     _add_arguments(p)
     p.set_defaults(func=run)
     return p
@@ -282,8 +293,7 @@ def add_parser(subparsers):
 
 def build_argparser() -> argparse.ArgumentParser:
     """The standalone parser of CycleINRTrain (the Slicer CLI): the same options plus ``--xml``."""
-    p = argparse.ArgumentParser(prog=NAME, description=DESCRIPTION,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog=NAME, description=DESCRIPTION, formatter_class=_DefaultsHelp)
     p.add_argument("--xml", action=_XmlAction, help="print the Slicer execution-model XML description and exit")
     _add_arguments(p)
     p.set_defaults(func=run)
