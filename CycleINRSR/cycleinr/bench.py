@@ -221,7 +221,7 @@ def run(args) -> int:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bench", help="speed, memory and FLOP efficiency of upsample() vs linear interpolation",
-                              description=__doc__.splitlines()[0])
+                              description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--presets", nargs="*", default=["default", "fast"],
                    help="models to time: default, fast or weights paths (random weights if not installed)")
     p.add_argument("--device", nargs="+", default=["cpu"], help="cpu and/or cuda (default cpu)")

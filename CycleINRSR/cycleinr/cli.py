@@ -1,4 +1,4 @@
-"""``python -m cycleinr`` / ``cycleinr``: upsample, train, evaluate, bench.
+"""cycleinr: thin slices from thick-slice CT: upsample, batch, train, evaluate, bench, lpips-weights.
 
 Every command module exposes ``add_parser(subparsers)``; errors the user can fix (bad input, missing
 weights, unknown device) end with one line ``cycleinr: error: ...`` and exit status 2.
@@ -12,12 +12,19 @@ import sys
 
 from .inference import Cancelled
 
-COMMANDS = ("upsample_cmd", "train_cli", "evaluate", "bench", "lpips")
+COMMANDS = ("upsample_cmd", "batch", "train_cli", "evaluate", "bench", "lpips")
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """Usage mistakes end like every other user error: one ``cycleinr: error:`` line, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"cycleinr: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cycleinr", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineErrors(prog="cycleinr", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrors)
     for name in COMMANDS:                  # imported here so that `--help` lists every command
         importlib.import_module(f".{name}", __package__).add_parser(sub)
     return parser

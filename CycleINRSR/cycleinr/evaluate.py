@@ -485,7 +485,7 @@ def run(args) -> int:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "evaluate", help="simulate thick slices from thin-slice volumes, upsample, and score (paper Table 1)",
-        description=__doc__.splitlines()[0])
+        description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("hr", nargs="+", metavar="HR", help="thin-slice (ground-truth) volume files or DICOM folders")
     p.add_argument("--scales", nargs="+", type=float, default=[2.0, 3.0, 5.0], help="thick/thin ratios (default 2 3 5)")
     p.add_argument("--methods", nargs="+", default=["linear", "cubic", MODEL_METHOD],

@@ -88,17 +88,17 @@ def add_model_options(p) -> None:
     """Options shared by ``upsample`` and ``batch``: which network, where, and how the volume is cut."""
     p.add_argument("--model", default="auto", help=MODEL_HELP)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
-    p.add_argument("--window", type=int_at_least(2), default=DEFAULT_WINDOW, metavar="LR_SLICES",
-                   help=f"input slices per window, >= 2 (default {DEFAULT_WINDOW})")
+    p.add_argument("--window", type=int_at_least(2), metavar="LR_SLICES",
+                   help=f"input slices per window, >= 2 (default: sized for the device, {DEFAULT_WINDOW} on CPU)")
     p.add_argument("--overlap", type=int_at_least(0), default=DEFAULT_OVERLAP, metavar="LR_SLICES",
                    help=f"slices shared by neighbouring windows, 0 .. window-1 (default {DEFAULT_OVERLAP})")
     p.add_argument("--tile", type=int_at_least(8), metavar="PIXELS",
-                   help=f"in-plane tile size, >= 8 (default {DEFAULT_TILE['cpu']} on CPU, {DEFAULT_TILE['cuda']} on CUDA)")
+                   help=f"in-plane tile size, >= 8 (default: {DEFAULT_TILE['cpu']} on CPU, sized for the GPU on CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def check_options(args) -> None:
-    if args.overlap >= args.window:
+    if args.window is not None and args.overlap >= args.window:
         raise ValueError(f"--overlap {args.overlap} must be smaller than --window {args.window}")
 
 
@@ -185,6 +185,10 @@ def run(args) -> int:
           f"{volume.shape[0]} of {geometry.slice_spacing:g} mm) in {seconds:.1f} s on {device}", file=sys.stderr,
           flush=True)
     return 0
+
+
+def snli_value(volume) -> float:
+    return float(snli(volume).value)
 
 
 def _snli_dict(volume) -> dict:

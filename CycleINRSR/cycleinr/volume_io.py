@@ -23,6 +23,16 @@ def geometry_of(image: sitk.Image) -> Geometry:
     return Geometry(tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
 
 
+def dicom_series_ids(folder) -> tuple[str, ...]:
+    """The DICOM series in a folder, without ITK's console warning when there are none."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
 def read_image(path: str | os.PathLike) -> sitk.Image:
     """Read a volume file (NIfTI, NRRD, MHA, ...) or the largest DICOM series in a folder."""
     path = Path(path)
@@ -31,7 +41,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
+            series = dicom_series_ids(path)
             if not series:
                 raise VolumeError(f"{path}: folder holds no DICOM series; give a volume file or a DICOM folder")
             files = max((reader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
