@@ -3,6 +3,7 @@
 icons. The module file needs Slicer's Qt, so it is only parsed here, never imported."""
 
 import ast
+import json
 import re
 import shutil
 import subprocess
@@ -97,6 +98,39 @@ def test_module_structure_follows_template():
     assert "runTest" in test_methods and any(m.startswith("test_") for m in test_methods)
 
 
+def test_every_self_test_method_stands_alone():
+    """ctest runs each test_* method alone, in alphabetical order: each prepares dependencies and the
+    model itself before it runs the module (the tier-3 test itself needs a real Slicer)."""
+    methods = {f.name: f for f in class_node("CycleINRSRTest").body if isinstance(f, ast.FunctionDef)}
+    tests = [name for name in methods if name.startswith("test_")]
+    assert len(tests) >= 3
+    prepare = ast.unparse(methods["_prepare"])
+    assert "ensureDependencies(askConfirmation=False)" in prepare and "bundledModelFile('fast')" in prepare
+    for name in tests:
+        calls = [ast.unparse(n.func) for n in ast.walk(methods[name]) if isinstance(n, ast.Call)]
+        assert "self._prepare" in calls, name
+        runs = [i for i, c in enumerate(calls) if c.endswith((".upsample", ".startUpsample"))]
+        assert runs and calls.index("self._prepare") < min(runs), name
+
+
+def test_old_slicer_is_told_the_minimum_version():
+    """Slicer 5.8 has Python 3.9: the module and the CLI script must parse there and stop with a message
+    before the first class (whose annotations need Python 3.10) is defined."""
+    for path in (MODULE_PY, ROOT / "CycleINRTrain" / "CycleINRTrain.py"):
+        ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))
+    tree = ast.parse(module_source())
+    first_class = next(i for i, n in enumerate(tree.body) if isinstance(n, ast.ClassDef))
+    checks = [i for i, n in enumerate(tree.body) if isinstance(n, ast.If) and "MINIMUM_SLICER_VERSION" in ast.unparse(n)
+              and any(isinstance(m, ast.Raise) for m in ast.walk(n))]
+    assert checks and checks[0] < first_class
+    assert "MINIMUM_SLICER_VERSION = (5, 10)" in module_source()
+    assert "5.10" in (ROOT / "CMakeLists.txt").read_text() and "5.10" in (ROOT / "README.md").read_text()
+    for path in LIB.glob("*.py"):  # imported before the check: no runtime 3.10+ annotations
+        text = path.read_text(encoding="utf-8")
+        ast.parse(text, feature_version=(3, 9))
+        assert "from __future__ import annotations" in text or "|" not in text, path.name
+
+
 def test_lib_does_not_import_qt():
     for path in LIB.glob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -138,18 +172,36 @@ def test_module_cmakelists_lists_every_python_file():
     assert re.search(r'file\(GLOB_RECURSE _cycleinr_core_files .*"\$\{CMAKE_CURRENT_SOURCE_DIR\}/cycleinr/\*\.py"',
                      text, re.S)
     resources = {s.replace("${MODULE_NAME}", "CycleINRSR") for s in cmake_list(text, "MODULE_PYTHON_RESOURCES")}
-    assert resources == {"Resources/Icons/CycleINRSR.png", "Resources/UI/CycleINRSR.ui"}
+    assert resources == {"Resources/Icons/CycleINRSR.png", "Resources/UI/CycleINRSR.ui", "Resources/requirements.txt"}
     for r in resources:
         assert (MODULE / r).is_file(), r
     assert "slicerMacroBuildScriptedModule(" in text
     assert re.search(r"if\(BUILD_TESTING\).*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", text, re.S)
 
 
+def cmake_value(text: str, var: str) -> str:
+    match = re.search(rf"set\({var} \"([^\"]+)\"\)", text)
+    assert match, var
+    return match.group(1)
+
+
+RAW_URL = "https://raw.githubusercontent.com/CycleINR/SlicerCycleINR/main/"
+
+
 def test_extension_cmakelists():
     text = (ROOT / "CMakeLists.txt").read_text()
     for var in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
-        assert re.search(rf"set\({var} \"[^\"]+\"\)", text), var
+        cmake_value(text, var)
+    # "Firstname Lastname (Organization)", comma-separated
+    for contributor in cmake_value(text, "EXTENSION_CONTRIBUTORS").split(","):
+        assert re.fullmatch(r"\s*[^(),]+ \([^(),]+\)\s*", contributor), contributor
+    assert "Slicer 5.10" in cmake_value(text, "EXTENSION_DESCRIPTION")
+    # icon and screenshots name files that exist in this repository (at its planned public address)
+    urls = [cmake_value(text, "EXTENSION_ICONURL")] + cmake_value(text, "EXTENSION_SCREENSHOTURLS").split()
+    for url in urls:
+        assert url.startswith(RAW_URL), url
+        assert (ROOT / url[len(RAW_URL):]).is_file(), url
     assert 'set(EXTENSION_CATEGORY "Filtering")' in text
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in text
     order = ["find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(CycleINRSR)",
@@ -157,7 +209,27 @@ def test_extension_cmakelists():
              "include(${Slicer_EXTENSION_CPACK})"]
     positions = [text.index(s) for s in order]
     assert positions == sorted(positions)
-    assert "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources" in text
+    # models and sample data are copied into the module's build folder, which the module macro installs
+    assert "${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/Resources" in text and not re.search(r"^\s*install\(", text, re.M)
+
+
+def test_extensions_index_entry():
+    """What a pull request to Slicer/ExtensionsIndex adds: <project name>.json (catalog schema v1.0.2)."""
+    text = (ROOT / "CMakeLists.txt").read_text()
+    project = re.search(r"project\((\w+)\)", text).group(1)
+    path = ROOT / "Utilities" / "ExtensionsIndex" / f"{project}.json"
+    entry = json.loads(path.read_text())
+    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+               "dicom_support_rule", "build_subdirectory", "enabled", "tier"}
+    assert set(entry) <= allowed and {"$schema", "category", "scm_url"} <= set(entry)
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
+    assert entry["build_dependencies"] == ["PyTorch"] == cmake_value(text, "EXTENSION_DEPENDS").split()
+    assert entry["category"] == cmake_value(text, "EXTENSION_CATEGORY")
+    assert entry["scm_url"].startswith("https://github.com/")
+    repository = entry["scm_url"].removesuffix(".git").rstrip("/").rsplit("/", 1)[1]
+    assert repository.startswith("Slicer") and not project.startswith("Slicer")
+    assert cmake_value(text, "EXTENSION_HOMEPAGE").startswith(entry["scm_url"].removesuffix(".git"))
+    assert 1 <= entry.get("tier", 1) <= 5
 
 
 def test_icons():
@@ -187,6 +259,9 @@ function(slicerMacroBuildScriptedModule)
     endif()
   endforeach()
   file(WRITE "${CMAKE_BINARY_DIR}/${MY_NAME}.scripts" "${MY_SCRIPTS}")
+  # as ctkMacroCompilePythonScript (called with NO_INSTALL_SUBDIR) does: the whole build folder is installed
+  install(DIRECTORY "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/"
+    DESTINATION "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}" COMPONENT RuntimeLibraries USE_SOURCE_PERMISSIONS)
 endfunction()
 function(SlicerMacroBuildScriptedCLI)
   cmake_parse_arguments(MY "" "NAME" "" ${ARGN})
@@ -232,7 +307,9 @@ def test_cmake_configures_against_stub_slicer(tmp_path):
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
 def test_cmake_installs_models_and_sample_data_into_module_resources(tmp_path):
-    """The top-level install rules, on a copy of the extension's CMakeLists with placeholder resources."""
+    """The top-level rules, on a copy of the extension's CMakeLists with placeholder resources: weights and
+    sample data installed once each (by the module's folder install), the model card, its figures and
+    make_sample.py not at all."""
     stub = tmp_path / "stub"
     stub.mkdir()
     (stub / "SlicerConfig.cmake").write_text(STUB_CONFIG)
@@ -242,8 +319,13 @@ def test_cmake_installs_models_and_sample_data_into_module_resources(tmp_path):
     for sub in ("CycleINRSR", "CycleINRTrain", "Resources/Models", "Resources/SampleData"):
         (src / sub).mkdir(parents=True)
     shutil.copy(ROOT / "CMakeLists.txt", src / "CMakeLists.txt")
-    (src / "CycleINRSR" / "CMakeLists.txt").write_text("")
+    (src / "CycleINRSR" / "CMakeLists.txt").write_text("slicerMacroBuildScriptedModule(NAME CycleINRSR SCRIPTS m.py)\n")
+    (src / "CycleINRSR" / "m.py").write_text("")
     (src / "CycleINRTrain" / "CMakeLists.txt").write_text("")
+    not_shipped = ["Models/README.md", "Models/figures/x2_views.png", "SampleData/make_sample.py"]
+    (src / "Resources" / "Models" / "figures").mkdir()
+    for f in not_shipped:
+        (src / "Resources" / f).write_text("repository only")
     files = ["Models/cycleinr_paper.safetensors", "Models/cycleinr_paper.json", "Models/cycleinr_fast.safetensors",
              "Models/cycleinr_fast.json", "SampleData/CycleINRSampleChestCT5mm.nrrd"]
     for f in files:
@@ -254,8 +336,11 @@ def test_cmake_installs_models_and_sample_data_into_module_resources(tmp_path):
                 ["cmake", "--install", str(build), "--prefix", str(prefix)]):
         result = subprocess.run(cmd, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
+    install_log = result.stdout
     modules = "lib/Slicer-5.9/qt-scripted-modules/Resources"
     for f in files:
         assert (build / modules / f).is_file(), f  # build tree (Slicer run from the build folder)
         assert (prefix / modules / f).is_file(), f  # installed extension
-    assert not (prefix / modules / "Models" / ".gitkeep").exists()
+        assert install_log.count(f"{modules}/{f}") == 1, (f, install_log)  # installed once
+    for f in not_shipped + ["Models/.gitkeep"]:
+        assert not (build / modules / f).exists() and not (prefix / modules / f).exists(), f
