@@ -15,9 +15,11 @@ Conventions
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 
 import numpy as np
@@ -242,9 +244,16 @@ class TemporaryFolder:
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
 
-    def cleanup(self) -> None:
-        if self.path and os.path.isdir(self.path):
+    def cleanup(self, attempts: int = 10) -> None:
+        # Retried briefly: on Windows a just-killed process may hold its files open for a moment.
+        for attempt in range(attempts):
+            if not (self.path and os.path.isdir(self.path)):
+                return
             shutil.rmtree(self.path, ignore_errors=True)
+            if os.path.isdir(self.path) and attempt < attempts - 1:
+                time.sleep(0.1)
+        if os.path.isdir(self.path):
+            logging.warning("CycleINR: could not remove the temporary folder %s", self.path)
 
     def __enter__(self):
         return self
