@@ -113,3 +113,37 @@ def test_cli_never_overwrites_a_good_file_on_failure(tmp_path, weights):
     proc = run_cli("upsample", src, dst, "--thickness", 9, "--model", weights)
     assert proc.returncode == 2 and dst.read_bytes() == b"previous good result"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_model_for_device_and_auto():
+    from cycleinr.weights import model_for_device
+    assert model_for_device("cpu") == "fast" and model_for_device(torch.device("cpu")) == "fast"
+    assert model_for_device("cuda") == "default" and model_for_device(torch.device("cuda", 1)) == "default"
+    assert load_model("auto", "cpu").source.endswith("cycleinr_fast.safetensors")
+
+
+def test_bundled_model_lookup_order(tmp_path, monkeypatch):
+    """Package data (a wheel's cycleinr/models) first, then the Slicer install's Resources/Models beside the
+    package; $CYCLEINR_MODELS, when set, is the only place looked (an explicit choice is never bypassed)."""
+    import cycleinr.weights as weights_mod
+
+    package = tmp_path / "site" / "cycleinr"
+    (package / "models").mkdir(parents=True)
+    slicer = tmp_path / "site" / "Resources" / "Models"
+    slicer.mkdir(parents=True)
+    for folder in (package / "models", slicer):
+        save_model(folder / "cycleinr_fast.safetensors", make_model())
+    monkeypatch.setattr(weights_mod, "__file__", str(package / "weights.py"))
+    monkeypatch.delenv("CYCLEINR_MODELS", raising=False)
+    assert weights_mod.resolve("fast") == package / "models" / "cycleinr_fast.safetensors"
+    assert weights_mod.models_dir() == package / "models"
+    (package / "models" / "cycleinr_fast.safetensors").unlink()
+    assert weights_mod.resolve("fast") == slicer / "cycleinr_fast.safetensors"
+    elsewhere = tmp_path / "env"
+    elsewhere.mkdir()
+    monkeypatch.setenv("CYCLEINR_MODELS", str(elsewhere))
+    with pytest.raises(WeightsError, match=f"not found in {elsewhere};"):
+        weights_mod.resolve("fast")
+    save_model(elsewhere / "cycleinr_fast.safetensors", make_model())
+    assert weights_mod.resolve("fast") == elsewhere / "cycleinr_fast.safetensors"
+    assert weights_mod.models_dir() == elsewhere

@@ -1,0 +1,43 @@
+"""Help texts a newcomer reads first: every command listed, no reST markup, every option explained."""
+
+import argparse
+
+import pytest
+
+from cycleinr import cli
+
+
+def helps():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser.format_help(), {name: p.format_help() for name, p in sub.choices.items()}
+
+
+def test_top_level_summary_names_every_command():
+    top, commands = helps()
+    summary = cli.build_parser().description
+    assert set(commands) == {"upsample", "batch", "train", "evaluate", "bench", "lpips-weights"}
+    for name in commands:
+        assert name in summary, name
+    assert "``" not in top
+
+
+@pytest.mark.parametrize("name", ["upsample", "batch", "train", "evaluate", "bench", "lpips-weights"])
+def test_no_raw_markup_and_no_empty_defaults(name):
+    text = helps()[1][name]
+    assert "``" not in text and "(default: None)" not in text
+
+
+@pytest.mark.parametrize("name", ["upsample", "batch"])
+def test_upsample_options_are_explained(name):
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    for action in sub._actions:
+        assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    model = next(a for a in sub._actions if "--model" in a.option_strings)
+    assert model.default == "auto" and ".json" in model.help and "beside" in model.help and "fast" in model.help
+
+
+def test_train_says_when_training_volumes_are_required():
+    text = " ".join(helps()[1]["train"].split())
+    assert "Required unless --training_folder is given" in text
