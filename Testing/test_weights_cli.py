@@ -147,3 +147,11 @@ def test_bundled_model_lookup_order(tmp_path, monkeypatch):
     save_model(elsewhere / "cycleinr_fast.safetensors", make_model())
     assert weights_mod.resolve("fast") == elsewhere / "cycleinr_fast.safetensors"
     assert weights_mod.models_dir() == elsewhere
+
+
+def test_model_choice_needs_no_torch():
+    """The Slicer panel may ask which model a device gets, and where models are, without loading torch."""
+    code = ("import sys, cycleinr.weights as w; assert w.model_for_device('cpu') == 'fast'; w.model_dirs(); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -11,14 +11,16 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-
-from .config import ModelConfig
-from .model import CycleINR
 from .volume_io import default_file_mode
+
+# torch is imported where tensors are handled, so that the Slicer panel can ask model_dirs() and
+# model_for_device() without loading torch into Slicer.
+if TYPE_CHECKING:
+    import torch
+
+    from .model import CycleINR
 
 FORMAT = "cycleinr-weights/1"
 BUNDLED = {"default": "cycleinr_paper", "paper": "cycleinr_paper", "fast": "cycleinr_fast"}
@@ -49,7 +51,7 @@ def models_dir() -> Path:
 def model_for_device(device: str | torch.device) -> str:
     """The bundled model to use when the user did not choose: the paper-size 'default' on a GPU, the
     small 'fast' one on a CPU, where the paper model takes minutes per volume instead of about a minute."""
-    kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0]
+    kind = getattr(device, "type", None) or str(device).split(":")[0]      # torch.device or 'cuda:1'/'cpu'
     return "default" if kind == "cuda" else "fast"
 
 
@@ -77,6 +79,8 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
         raise WeightsError(f"{path}: weights files end in .safetensors")
     if not path.parent.is_dir():
         raise WeightsError(f"{path}: folder {path.parent} does not exist")
+    from safetensors.torch import save_file
+
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     _atomic(path, lambda tmp: save_file(tensors, tmp))
     _atomic(json_path(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
@@ -84,6 +88,9 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     path = Path(path)
     if path.suffix == ".json":
         path = path.with_suffix(".safetensors")
@@ -132,6 +139,9 @@ def load_model(spec: str | os.PathLike = "default", device: str | torch.device =
         spec = model_for_device(device)
     path = resolve(spec)
     tensors, meta = load_tensors(path)
+    from .config import ModelConfig
+    from .model import CycleINR
+
     if meta.get("format") != FORMAT or "config" not in meta:
         raise WeightsError(f"{path}: not a CycleINR weights file (format {meta.get('format')!r})")
     model = CycleINR(ModelConfig.from_dict(meta["config"]))
