@@ -81,6 +81,8 @@ def test_batch_runs_skips_and_continues_after_errors(tmp_path, study, weights, c
     (["{study}", "-o", "{study}/a.nrrd"], "is a file"),
     (["{study}", "-o", "{tmp}/x/y"], "does not exist"),
     (["{study}/a.nrrd", "{tmp}/a.nii.gz"], "several inputs would be written"),
+    (["{study}", "--summary", "{tmp}/s.txt"], "not supported"),
+    (["{study}", "--summary", "{tmp}/out/s.txt"], "ending in .csv"),
 ])
 def test_batch_command_errors_are_one_line_before_work(tmp_path, study, weights, capsys, monkeypatch, args, message):
     monkeypatch.setattr(batch, "process_one", lambda *a, **k: pytest.fail("work started"))
@@ -99,6 +101,7 @@ def test_batch_command_errors_are_one_line_before_work(tmp_path, study, weights,
         code = exc.code
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("cycleinr: error:") and message in err[0], err
+    assert not (tmp_path / "out").exists()                  # not even the output folder was created
 
 
 def test_shard_splits_round_robin():

@@ -17,13 +17,14 @@ and rank 0 merges them into ``summary.csv`` at the end.
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import sys
 from pathlib import Path
 
 from .geometry import resolve_target_spacing
 from .inference import Cancelled
-from .outputs import CSV_FORMATS, VOLUME_FORMATS, OutputError, Staged, check_output
+from .outputs import CSV_FORMATS, VOLUME_FORMATS, OutputError, Staged, check_output, format_of
 from .upsample_cmd import (
     add_model_options,
     add_size_options,
@@ -170,6 +171,10 @@ def run(args) -> int:
     if not outdir.parent.is_dir():
         raise OutputError(f"--out {outdir}: folder {outdir.parent} does not exist; create it first")
     summary = Path(args.summary) if args.summary else outdir / "summary.csv"
+    if summary.parent != outdir:
+        check_output(summary, CSV_FORMATS, "--summary")
+    elif format_of(summary, CSV_FORMATS) is None:
+        raise OutputError(f"--summary {summary}: use a name ending in .csv")
     check_options(args)
     inputs = find_inputs(args.inputs)
     outputs = [outdir / output_name(p, args) for p in inputs]
@@ -223,8 +228,8 @@ def _merge_ranks(env, summary: Path, count: int) -> int:
     """Wait for every rank, then rank 0 merges the per-rank tables (in input order) into ``summary``."""
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", rank=env.rank, world_size=env.world)
+    if not dist.is_initialized():              # ranks may finish hours apart: wait as long as it takes
+        dist.init_process_group("gloo", rank=env.rank, world_size=env.world, timeout=datetime.timedelta(days=7))
     try:
         dist.barrier()
         failed = 0
