@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for a fresh machine: install CycleINR (CPU torch) and upsample the bundled 5 mm chest CT.
+# One command for a fresh machine: install CycleINR (CPU torch if none) and upsample the bundled 5 mm chest CT.
 #   bash Utilities/demo.sh [THICKNESS_MM] [MODEL]     (defaults: 2.5 mm, model auto)
 # MODEL auto = the paper-size "default" model on a CUDA GPU, the small "fast" one on a CPU.
 # Writes demo_output/CycleINRSampleChestCT_<t>mm_<model>.nrrd and comparison_/report_<t>mm_<model>.png/.json,
@@ -9,15 +9,20 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 THICKNESS=${1:-2.5}
 MODEL=${2:-auto}
-"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q torch==2.13.0   # CPU build on Linux x86-64
-if ! "$PY" -c "import sys, pathlib, cycleinr, SimpleITK, pywt, skimage, safetensors, matplotlib
-sys.exit(0 if pathlib.Path(cycleinr.__file__).resolve().is_relative_to(pathlib.Path('CycleINRSR').resolve()) else 1)" \
-    2>/dev/null; then
-  "$PY" -m pip install -q -e .
-fi
+# Prints the model 'auto' picks here; fails if a dependency is missing or cycleinr is not this checkout's.
+choose='import sys, pathlib, SimpleITK, pywt, skimage, safetensors, matplotlib, cycleinr
+from cycleinr.inference import select_device
+from cycleinr.weights import model_for_device
+here = pathlib.Path(cycleinr.__file__).resolve().is_relative_to(pathlib.Path("CycleINRSR").resolve())
+print(model_for_device(select_device("auto"))) if here else sys.exit(1)'
+AUTO=$("$PY" -c "$choose" 2>/dev/null) || {            # first run: install what is missing, then ask again
+  if ! "$PY" -c "import torch" 2>/dev/null; then       # PyPI's Linux torch is the CUDA build: take the CPU one
+    if [ "$(uname -s)" = Linux ]; then "$PY" -m pip install -q "torch>=2.1" --index-url https://download.pytorch.org/whl/cpu
+    else "$PY" -m pip install -q "torch>=2.1"; fi
+  fi
+  "$PY" -m pip install -q -e . && AUTO=$("$PY" -c "$choose"); }
 if [ "$MODEL" = auto ]; then
-  MODEL=$("$PY" -c "from cycleinr.inference import select_device; from cycleinr.weights import model_for_device
-print(model_for_device(select_device('auto')))")
+  MODEL=$AUTO
   echo "Model: $MODEL (auto: paper-size 'default' on CUDA, small 'fast' on CPU; choose with: $0 $THICKNESS default)"
 fi
 mkdir -p demo_output
