@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Cancelled": "inference", "upsample": "inference", "CycleINR": "model", "ModelConfig": "config",
     "preset": "config", "Geometry": "geometry", "UpsampleResult": "geometry", "load_model": "weights",
-    "save_model": "weights",
+    "save_model": "weights", "adapt_model": "adapt",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import adapt_cli
 from .geometry import resolve_target_spacing
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, DEFAULT_WINDOW, select_device, upsample
 from .metrics import snli
@@ -73,6 +74,7 @@ def add_parser(subparsers):
     p.add_argument("--report", metavar="JSON", help="also write SNLI of input and output and timing here (.json)")
     p.add_argument("--figure", metavar="PNG", help="also write an input-vs-output comparison picture here "
                                                    f"({', '.join(FIGURE_FORMATS)})")
+    adapt_cli.add_options(p)
     p.set_defaults(func=run)
     return p
 
@@ -155,6 +157,8 @@ def run(args) -> int:
     check_distinct({"output": out, "--report": report_path, "--figure": figure_path}, [args.input])
     check_options(args)
     device, net, chosen = prepare_model(args)
+    adapt_path = adapt_cli.check_options(args, getattr(net, "source", None),
+                                         {"output": out, "--report": report_path, "--figure": figure_path})
     volume, geometry, _ = read_volume(args.input)
     target = resolve_target_spacing(geometry.slice_spacing, args.thickness, args.factor)
     warnings = input_warnings(volume, geometry.slice_spacing / target, net, chosen)
@@ -162,6 +166,7 @@ def run(args) -> int:
     say(f"model {chosen} on {device}")
     for text in warnings:
         print(f"cycleinr: warning: {text}", file=sys.stderr, flush=True)
+    net, adaptation = adapt_cli.run_adaptation(args, net, volume, geometry, target, device, say)
 
     def progress(done, total):
         say(f"progress {100 * done / total:.1f}% (window {done}/{total})")
@@ -172,6 +177,8 @@ def run(args) -> int:
         staged.write(out, lambda tmp: write_image_file(tmp, array, done["geometry"]), format_of(out, VOLUME_FORMATS))
         if report_path:
             report = make_report(volume, array, geometry, target, chosen, net, device, seconds, warnings)
+            if adaptation:
+                report["adaptation"] = adaptation
             text = json.dumps(report, indent=1) + "\n"
             staged.write(report_path, lambda tmp: Path(tmp).write_text(text), ".json")
         if figure_path:
@@ -180,6 +187,7 @@ def run(args) -> int:
             staged.write(figure_path, lambda tmp: comparison_figure(tmp, volume, array, geometry.spacing, target,
                                                                     geometry.direction, title=title),
                          format_of(figure_path, FIGURE_FORMATS))
+        adapt_cli.stage_adapted(staged, adapt_path, net, adaptation)
         written = staged.commit()
     print(f"cycleinr: wrote {', '.join(str(p) for p in written)} ({array.shape[0]} slices of {target:g} mm, from "
           f"{volume.shape[0]} of {geometry.slice_spacing:g} mm) in {seconds:.1f} s on {device}", file=sys.stderr,
