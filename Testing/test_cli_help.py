@@ -1,6 +1,9 @@
 """Help texts a newcomer reads first: every command listed, no reST markup, every option explained."""
 
 import argparse
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -41,3 +44,20 @@ def test_upsample_options_are_explained(name):
 def test_train_says_when_training_volumes_are_required():
     text = " ".join(helps()[1]["train"].split())
     assert "Required unless --training_folder is given" in text
+
+
+@pytest.mark.parametrize("preset, command, expected", [
+    (None, "upsample", "PASSIVE"), (None, "batch", "PASSIVE"), ("ACTIVE", "upsample", "ACTIVE"), (None, "train", None),
+])
+def test_inference_commands_let_openmp_threads_sleep(preset, command, expected):
+    """Spinning OpenMP threads made the demo 4x slower on a shared CPU: upsample/batch set the passive
+    wait policy before torch loads, unless the user chose one; other commands are left alone."""
+    code = ("import os, sys\nfrom cycleinr import cli\nassert 'torch' not in sys.modules\n"
+            f"try:\n    cli.main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'), file=sys.stderr)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == str(expected)
