@@ -53,14 +53,15 @@ def test_batch_runs_skips_and_continues_after_errors(tmp_path, study, weights, c
     real = upsample_cmd.load_model
     monkeypatch.setattr(upsample_cmd, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
     out = tmp_path / "out"
-    code = cli.main(["batch", str(study), "-o", str(out), "--thickness", "2.5", "--model", str(weights)])
+    code = cli.main(["batch", str(study), "-o", str(out), "--thickness", "2.5", "--model", str(weights), "--figures"])
     err = capsys.readouterr().err
     assert code == 1 and len(loads) == 1                     # one failure -> status 1; one model load
     rows = read_summary(out / "summary.csv")
     assert [Path(r["input"]).name for r in rows] == ["a.nrrd", "b.nii.gz", "flat.nrrd", "series1"]
     assert [r["status"] for r in rows] == ["done", "done", "error", "done"]
     assert "2D" in rows[2]["message"] and "flat.nrrd: error:" in err
-    assert sorted(p.name for p in out.iterdir()) == ["a_2.5mm.nrrd", "b_2.5mm.nrrd", "series1_2.5mm.nrrd", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_2.5mm.nrrd", "a_2.5mm.png", "b_2.5mm.nrrd", "b_2.5mm.png",
+                                                     "series1_2.5mm.nrrd", "series1_2.5mm.png", "summary.csv"]
     assert sitk.ReadImage(str(out / "b_2.5mm.nrrd")).GetSize() == (12, 8, 9)
     assert float(rows[0]["snli_input"]) >= 0 and float(rows[0]["seconds"]) >= 0 and rows[0]["slices_output"] == "7"
     assert "a.nrrd: wrote a_2.5mm.nrrd" in err and "3 done, 0 skipped, 1 failed" in err
