@@ -96,8 +96,8 @@ class Staged:
         try:
             writer(tmp)
         except (OSError, RuntimeError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1:] or ["unknown reason"]
-            reason = reason if isinstance(reason, str) else reason[0]
+            lines = str(exc).strip().splitlines()
+            reason = getattr(exc, "strerror", None) or (lines[-1] if lines else "unknown reason")
             raise OutputError(f"{target}: could not be written ({reason.replace(tmp, str(target))})") from None
 
     def commit(self) -> list[Path]:
