@@ -135,8 +135,9 @@ def input_warnings(volume: np.ndarray, factor: float, net, model_spec: str) -> l
 def upsample_volume(volume, geometry, target: float, net, device, args, progress=None) -> dict:
     """Run the network on one volume; returns the output array, its geometry, timing and report."""
     start = time.perf_counter()
+    sizes = {"window": args.window} if args.window is not None else {}     # else inference's default
     result = upsample(volume, geometry.spacing, target_spacing=target, model=net, device=device,
-                      window=args.window, overlap=args.overlap, tile=args.tile, progress=progress)
+                      overlap=args.overlap, tile=args.tile, progress=progress, **sizes)
     seconds = time.perf_counter() - start
     array = cast_like(result.array, volume.dtype)
     return {"array": array, "geometry": result.geometry(geometry), "seconds": seconds}
