@@ -162,3 +162,25 @@ def test_resampling_keeps_the_physical_scale():
     out = resample_axis(ramp, 1, 0.4, 1.3)
     assert out.shape == (int(49 * 0.4 / 1.3) + 1, 3, 4)
     np.testing.assert_allclose(out[1:-1, 0, 0], np.arange(1, len(out) - 1) * 1.3, atol=0.02)  # 5 % of a pixel
+
+
+def test_the_slicer_panel_command_reaches_adaptation(tmp_path, chest):
+    """The panel's background command (CycleINRSRLib.process) passes the adaptation time to the CLI."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(models_dir().parents[1] / "CycleINRSR"))
+    from CycleINRSRLib import process as proc
+
+    assert "--adapt" not in proc.buildUpsampleCommand("py", "i", "o", thickness=1, adaptSeconds=0)
+    with pytest.raises(ValueError, match="adaptation time"):
+        proc.buildUpsampleCommand("py", "i", "o", thickness=1, adaptSeconds=-3)
+    src = tmp_path / "scan.nrrd"
+    write_volume(src, chest[0].astype(np.int16), Geometry(chest[1]))
+    cmd = proc.buildUpsampleCommand(sys.executable, str(src), str(tmp_path / "out.nrrd"), thickness=2.0, model="fast",
+                                    device="cpu", reportPath=str(tmp_path / "r.json"), adaptSeconds=3)
+    assert cmd[-2:] == ["--adapt", "3.0"]
+    done = subprocess.run(cmd, env=proc.buildEnvironment(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "adapting to this scan" in done.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["adaptation"]["budget_seconds"] == 3.0

@@ -29,6 +29,7 @@ class UpsampleSettings:
     window: int = 0
     overlap: int = 0
     tile: int = 0
+    adaptSeconds: float = 0.0    # > 0: "Adapt to this scan" for at most this long before upsampling
 
 
 def validateSettings(inputNode, settings: UpsampleSettings) -> None:
@@ -49,6 +50,8 @@ def validateSettings(inputNode, settings: UpsampleSettings) -> None:
         raise ValueError(f"Model weights file not found: {settings.model}")
     if settings.window and settings.overlap and settings.overlap >= settings.window:
         raise ValueError("The window overlap must be smaller than the window.")
+    if not 0 <= float(settings.adaptSeconds) <= 24 * 3600:
+        raise ValueError("The adaptation time must be between 0 (off) and 86400 s (24 h).")
 
 
 REPORT_ATTRIBUTE = "CycleINR.Report"
@@ -155,7 +158,7 @@ class UpsampleJob:
                 thickness=float(self.settings.targetThickness), model=str(self.settings.model),
                 device=self.settings.device, window=self.settings.window or None,
                 overlap=self.settings.overlap or None, tile=self.settings.tile or None,
-                reportPath=self._tmp.file("report.json"))
+                reportPath=self._tmp.file("report.json"), adaptSeconds=self.settings.adaptSeconds or None)
             env = proc.buildEnvironment(modelsDir=proc.findModelsDir())
             self.process = proc.UpsampleProcess(self.command, env=env, cwd=self._tmp.path,
                                                 onProgress=self.onProgress, onLine=self.onLine)

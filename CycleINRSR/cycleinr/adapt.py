@@ -240,4 +240,5 @@ def save_adapted(path, model: CycleINR, report: dict, source: str) -> None:
 
     base = getattr(model, "meta", None) or {}
     extra = {k: v for k, v in base.items() if k not in ("format", "config", "adaptation")}
-    save_model(path, model, **extra, adaptation={"source_scan": source, **report})
+    origin = {"base_model": str(getattr(model, "source", "")) or None}    # the file it was loaded from
+    save_model(path, model, **extra, adaptation={"source_scan": source, **origin, **report})

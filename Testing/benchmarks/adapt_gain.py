@@ -55,7 +55,7 @@ def main():
     base = load_model(args.model, args.device)
     print(f"{args.volume} {hr.shape} spacing x {sx:.3f} y {sy:.3f} z {sz:.3f} mm, model {args.model}, "
           f"{args.degradation}, torch threads {torch.get_num_threads()}")
-    print("scale | adapt s | iterations | used s | held-out loss before -> after | PSNR dB | gain dB | dip ratio")
+    print("scale | adapt s | iterations | used s | loss on fixed patches before -> after | PSNR dB | gain dB | dip ratio")
     for s in args.scales:
         lr, _ = simulate_thick(hr, s, args.degradation)
         spacing = (sx, sy, sz * s)
