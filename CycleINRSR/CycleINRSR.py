@@ -144,6 +144,7 @@ class CycleINRSRParameterNode:
     device - auto, cpu or cuda.
     modelChoice - bundled default / fast model, or a weights file (modelPath).
     window, overlap, tile - advanced chunking; 0 means the core's default.
+    adaptSeconds - "Adapt to this scan": fine-tune a copy of the model on the input first (0 = off).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -155,6 +156,7 @@ class CycleINRSRParameterNode:
     window: Annotated[int, WithinRange(0, 512)] = 0
     overlap: Annotated[int, WithinRange(0, 256)] = 0
     tile: Annotated[int, WithinRange(0, 4096)] = 0
+    adaptSeconds: Annotated[float, WithinRange(0, 3600)] = 0.0
 
 
 #
@@ -345,7 +347,11 @@ class CycleINRSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onJobProgress(self, percent: float) -> None:
         self.ui.progressBar.value = int(round(percent))
-        self.ui.statusLabel.text = _("Upsampling... {percent:.0f}%").format(percent=percent)
+        lines = self._job.process.parser.lines if self._job is not None and self._job.process else []
+        if lines and "adapting" in lines[-1]:  # its own phase before upsampling (--adapt)
+            self.ui.statusLabel.text = _("Adapting to this scan... {percent:.0f}%").format(percent=percent)
+        else:
+            self.ui.statusLabel.text = _("Upsampling... {percent:.0f}%").format(percent=percent)
 
     def onJobFinished(self, job) -> None:
         self.ui.progressBar.setVisible(False)
@@ -407,7 +413,7 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
         return UpsampleSettings(targetThickness=float(parameterNode.targetThickness),
                                 model=self.modelSpec(parameterNode), device=parameterNode.device.value,
                                 window=int(parameterNode.window), overlap=int(parameterNode.overlap),
-                                tile=int(parameterNode.tile))
+                                tile=int(parameterNode.tile), adaptSeconds=float(parameterNode.adaptSeconds))
 
     def startUpsample(self, inputVolume, settings, onProgress=None, onFinished=None, onLine=None):
         """Start a background run; returns the UpsampleJob (poll it, or wait for it)."""
