@@ -56,3 +56,25 @@ def test_figure_is_written_with_square_reformats(tmp_path, monkeypatch):
         assert abs(rows * aspect - cols) <= max(aspect, 1), (rows, cols, aspect)
     assert reformats[0][0] == (4, 30) and reformats[2][0] == (8, 30)    # x is 15 mm: z cropped to ~15 mm
     assert {(lo, hi) for *_, lo, hi in shown} == {(-160.0, 240.0), (-1350.0, 150.0)}
+
+
+@pytest.mark.parametrize("normal, name", [
+    ((0, 0, 1), "axial"), ((1, 0, 0), "sagittal"), ((0, -1, 0), "coronal"), ((0.7, 0, 0.7), "oblique sagittal"),
+])
+def test_plane_names_follow_the_direction(normal, name):
+    assert comparison.plane_name(normal) == name
+
+
+def test_panels_of_a_sagittal_series_are_named_from_its_direction(tmp_path, monkeypatch):
+    """K along x (a sagittal acquisition): the native plane is sagittal, not 'axial'."""
+    titles = []
+    import matplotlib.axes
+    real = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda self, text, *a, **k: titles.append(text) or real(self, text, *a, **k))
+    lr = phantom((5, 12, 10))
+    direction = (0, 0, 1, 1, 0, 0, 0, 1, 0)            # i -> y, j -> z, k -> x (row-major columns)
+    comparison.comparison_figure(tmp_path / "c.png", lr, np.repeat(lr, 2, axis=0)[:9], (1, 1, 4), 2.0, direction)
+    panels = [t.split("\n")[0] for t in titles if t.startswith(("input", "output"))]
+    assert panels[0] == "input 4 mm: sagittal, soft tissue W400 L40"
+    assert panels[2] == "input 4 mm: axial, soft tissue" and panels[3] == "input 4 mm: coronal, soft tissue"

@@ -1,10 +1,11 @@
 """The picture a user looks at first: input vs. upsampled output, and the noise curve.
 
-The axial column shows a *generated* output slice (half-way between two acquired ones, where the
+The native-plane columns (axial for an axial series) show a *generated* output slice (half-way between two acquired ones, where the
 network did the work) next to the nearest acquired input slice: an acquired output slice would look
-the same as the input and prove nothing. Coronal and sagittal cuts (planes containing the slice axis K)
+the same as the input and prove nothing. The two cuts through the slice axis K (coronal and sagittal for
+an axial series; panels are named from the volume's direction, since K is not always head-feet)
 show the staircase of thick slices and whether the new slices blend in; they are cropped to a square
-field of view so they are as large as the axial views. Windows are stated clinical ones (soft tissue and
+field of view so they are as large as the native-plane views. Windows are stated clinical ones (soft tissue and
 lung for CT in HU; percentiles otherwise), edges carry patient orientation letters, and the per-slice
 noise sigma (the curve behind SNLI) shows whether generated slices are smoother than acquired ones.
 """
@@ -28,6 +29,13 @@ def orientation_letter(vector) -> str:
     order = np.argsort(-np.abs(v))
     letters = [_LETTERS[a][0 if v[a] > 0 else 1] for a in order if abs(v[a]) > 0.25 * np.abs(v).max()]
     return "".join(letters[:2])
+
+
+def plane_name(normal) -> str:
+    """Anatomical name of the plane with this (LPS) normal: the K axis is not always head-feet."""
+    v = np.abs(np.asarray(normal, dtype=float))
+    name = ("sagittal", "coronal", "axial")[int(np.argmax(v))]
+    return name if v.max() > 0.9 * np.linalg.norm(v) else f"oblique {name}"
 
 
 def windows_for(volume: np.ndarray) -> list[tuple[str, tuple[float, float]]]:
@@ -57,7 +65,7 @@ def _square_crop(n_rows: int, row_mm: float, n_cols: int, col_mm: float) -> tupl
 def comparison_figure(path, lr: np.ndarray, out: np.ndarray, spacing_xyz, target: float,
                       direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), title: str = "") -> Path:
     """Write a PNG (or PDF/SVG, from the name): rows = input (nearest acquired slice along K) and output;
-    columns = axial in each window, coronal and sagittal cuts with physical aspect; plus the per-slice
+    columns = native slice plane in each window, the two cuts through K with physical aspect; plus the per-slice
     noise sigma of both against physical K position."""
     import matplotlib
     matplotlib.use("Agg")
@@ -70,6 +78,7 @@ def comparison_figure(path, lr: np.ndarray, out: np.ndarray, spacing_xyz, target
     k_out = generated_slice(positions)
     k_in = int(round(positions[k_out]))
     windows = windows_for(lr)
+    planes = [plane_name(axes_dir[a]) for a in range(3)]   # the plane normal to index axis i, j, k
     y, x = out.shape[1] // 2, out.shape[2] // 2
     n_img = len(windows) + 2
     fig, axes = plt.subplots(2, n_img + 1, figsize=(4.2 * n_img + 5.5, 9.6), layout="constrained",
@@ -78,10 +87,10 @@ def comparison_figure(path, lr: np.ndarray, out: np.ndarray, spacing_xyz, target
             (out, target, f"output {target:g} mm", f"generated slice {k_out} (at {k_out * target:g} mm)"))
     for row, (vol, dz, label, which) in enumerate(rows):
         k = k_in if row == 0 else k_out
-        views = [(vol[k], sy, sx, f"axial, {name}", (1, 0), win) for name, win in windows]
+        views = [(vol[k], sy, sx, f"{planes[2]}, {name}", (1, 0), win) for name, win in windows]
         short = windows[0][0].split(" W")[0]
-        views.append((vol[:, y, :], dz, sx, f"coronal (x-z), {short}", (2, 0), windows[0][1]))
-        views.append((vol[:, :, x], dz, sy, f"sagittal (y-z), {short}", (2, 1), windows[0][1]))
+        views.append((vol[:, y, :], dz, sx, f"{planes[1]}, {short}", (2, 0), windows[0][1]))
+        views.append((vol[:, :, x], dz, sy, f"{planes[0]}, {short}", (2, 1), windows[0][1]))
         for col, (img, row_mm, col_mm, name, (ra, ca), win) in enumerate(views):
             ax = axes[row, col]
             axial = col < len(windows)
