@@ -139,13 +139,14 @@ def test_bench_flop_model_matches_torch_flop_counter():
     from cycleinr.bench import flops_breakdown
     from cycleinr.config import preset
     from cycleinr.model import CycleINR
-    for neighbours in (27, 0):
-        cfg = preset("fast", neighbours=neighbours)
+    for neighbours, band, z in ((27, 0.5, torch.linspace(0, 4, 9)), (0, 0.5, torch.linspace(0, 4, 9)),
+                                (27, 0.25, torch.arange(0, 4.01, 1 / 3.3)), (27, 0.1, torch.tensor([0.0, 1.45, 2.5]))):
+        cfg = preset("fast", neighbours=neighbours, blend_band=band)
         model = CycleINR(cfg).eval()
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.randn(1, 1, 5, 6, 7), torch.linspace(0, 4, 9))
-        counted = flops_breakdown(cfg, 5, 9, 6 * 7)
-        assert counter.get_total_flops() == counted["conv"] + counted["linear"]
+            model(torch.randn(1, 1, 5, 6, 7), z)
+        counted = flops_breakdown(cfg, 5, len(z), 6 * 7, z=z.numpy())
+        assert counter.get_total_flops() == sum(counted.values())
 
 
 def test_extra_model_runs_through_upsample(tmp_path):

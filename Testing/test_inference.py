@@ -4,8 +4,9 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
-from cycleinr import Cancelled, upsample
+from cycleinr import Cancelled, inference, upsample
 from cycleinr.geometry import Geometry, output_slice_count, output_slice_positions, resolve_target_spacing
 from cycleinr.volume_io import VolumeError
 
@@ -48,13 +49,36 @@ def test_sliding_window_equals_whole_volume():
     model = make_model(seed=5)
     vol = phantom((14, 30, 33)).astype(np.float32)
     whole = upsample(vol, (1, 1, 3.0), factor=3, model=model, window=100, tile=1000)
-    exact = upsample(vol, (1, 1, 3.0), factor=3, model=model, window=5, overlap=2, tile=12,
-                     margin=model.config.context_radius)
     default = upsample(vol, (1, 1, 3.0), factor=3, model=model, window=5, overlap=2, tile=12)
+    short = upsample(vol, (1, 1, 3.0), factor=3, model=model, window=5, overlap=2, tile=12, margin=1)
     span = np.ptp(whole.array)
-    assert np.abs(exact.array - whole.array).max() < 1e-5 * span       # float precision
-    assert np.abs(default.array - whole.array).max() < 1e-2 * span     # context cut at window edges
+    assert model.config.window_margin == 0                             # unmeasured: the full context radius
+    assert np.abs(default.array - whole.array).max() < 1e-5 * span     # float precision
+    assert np.abs(short.array - whole.array).max() > 1e-3 * span       # context cut at window edges shows
     assert np.abs(whole.array - np.repeat(vol, 3, 0)[:len(whole.positions)]).max() > 1  # not trivial
+
+
+@pytest.mark.parametrize("n, size, overlap", [(512, 384, 2), (32, 24, 2), (100, 24, 2), (25, 24, 2), (7, 3, 1),
+                                              (512, 112, 2), (9, 9, 2), (13, 4, 3)])
+def test_spans_are_equal_and_overlap_as_stated(n, size, overlap):
+    """Equal spans, each at most ``size``, neighbours sharing at least ``overlap`` (and less than one
+    extra slice beyond it), covering every index: no span recomputes a large share of another."""
+    result = inference.spans(n, size, overlap)
+    lengths = {b - a + 1 for a, b in result}
+    assert max(lengths) - min(lengths) <= 1 and max(lengths) <= size
+    assert result[0][0] == 0 and result[-1][1] == n - 1
+    shared = [prev[1] - nxt[0] + 1 for prev, nxt in zip(result, result[1:], strict=False)]
+    assert all(overlap <= s <= overlap + 2 for s in shared)
+    assert len(result) == max(1, -(-(n - overlap) // (size - overlap)))   # as few spans as fit
+
+
+def test_output_stays_in_the_input_range():
+    """A model that overshoots (random decoder) is clamped to the input's own minimum and maximum."""
+    model = make_model(seed=8)
+    torch.nn.init.normal_(model.decoder.layers[-1].bias, mean=5.0)        # +5000 HU everywhere
+    vol = phantom((6, 12, 12)).astype(np.float32)
+    out = upsample(vol, (1, 1, 2.0), factor=2, model=model).array
+    assert out.max() == vol.max() and out.min() >= vol.min()
 
 
 def test_default_cpu_tiles_stitch_like_one_tile(monkeypatch):

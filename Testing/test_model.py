@@ -7,46 +7,58 @@ import torch
 from cycleinr.config import PRESETS, ModelConfig, preset
 from cycleinr.model import CycleINR
 
-from conftest import make_model
+from conftest import jump_ratio, make_model
 
 
 def reference(model: CycleINR, lr: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Eq. 3-5 one query at a time, for arbitrary 3D points (z, y, x) in LR index units: trilinear code
-    over the 8 surrounding LR voxels, attention over the 27 voxels around the nearest one (clamped at the
-    borders), decoder on (local offset, code), plus linear interpolation of the intensity."""
-    codes = model.encoder(lr)[0]                                   # (C, D, H, W)
-    image = lr[0, 0]
-    dims = torch.tensor(codes.shape[1:])
+    """Eq. 3-5 one query at a time, written from the weights (no model module is called but the encoder):
+    trilinear code and intensity with grid_sample (Eq. 3); for each of the two bracketing LR planes as
+    anchor, softmax attention over the 27 codes around (anchor, nearest y, nearest x), clamped at the
+    borders (Eq. 4), and the decoder's layers applied by hand to (2 * offset from the anchor, code) (Eq. 5);
+    the two results blended with the local-ensemble weights, plus linear interpolation of the intensity."""
+    cfg, sd = model.config, model.state_dict()
+    codes = model.encoder(lr)                                      # (1, C, D, H, W)
+    dims = torch.tensor(codes.shape[2:])
+    grid = (2 * points / (dims - 1) - 1).flip(-1).view(1, -1, 1, 1, 3)   # grid_sample wants (x, y, z)
+    sample = lambda vol: torch.nn.functional.grid_sample(vol, grid, align_corners=True).view(vol.shape[1], -1)  # noqa: E731
+    trilinear, linear = sample(codes).T, sample(lr)[0]            # Eq. 3 for codes and intensities
+    layers = [(sd[f"decoder.layers.{n}.weight"], sd[f"decoder.layers.{n}.bias"]) for n in range(cfg.decoder_layers)]
+
+    def decoder(x):
+        h = x
+        for n, (w, b) in enumerate(layers):
+            h = torch.cat([h, x]) if n == cfg.skip_layer else h
+            h = w @ h + b
+            h = torch.relu(h) if n < len(layers) - 1 else h
+        return h[0]
+
     out = []
-    for p in points:
-        base = torch.minimum(torch.floor(p).long(), (dims - 2).clamp(min=0))
-        frac = p - base
-        code = torch.zeros(codes.shape[0])
-        linear = torch.zeros(())
-        for corner in np.ndindex(2, 2, 2):
-            c = torch.tensor(corner)
-            idx = torch.minimum(base + c, dims - 1)
-            weight = torch.prod(torch.where(c == 1, frac, 1 - frac))   # S_k / S of Eq. 3
-            code = code + weight * codes[:, idx[0], idx[1], idx[2]]
-            linear = linear + weight * image[idx[0], idx[1], idx[2]]
-        centre = torch.minimum(torch.floor(p + 0.5).long(), dims - 1)
-        if model.attention is not None:
-            neighbours = torch.stack([codes[:, i[0], i[1], i[2]] for i in
-                                      (torch.minimum((centre + torch.tensor(d) - 1).clamp(min=0), dims - 1)
-                                       for d in np.ndindex(3, 3, 3))])
-            q = model.attention.q(code)
-            k, v = model.attention.k(neighbours), model.attention.v(neighbours)
-            code = torch.softmax(k @ q * model.attention.scale, dim=0) @ v      # Eq. 4
-        local = 2 * (p - centre)
-        value = model.decoder(torch.cat([local, code]))                      # Eq. 5
-        out.append(value + (linear if model.config.residual == "linear" else 0))
+    for p, code, lin in zip(points, trilinear, linear, strict=True):
+        lo = min(int(torch.floor(p[0])), int(dims[0]) - 2)
+        t = float(p[0]) - lo
+        w_hi = min(max((t - 0.5) / (2 * cfg.blend_band) + 0.5, 0.0), 1.0)
+        value = torch.zeros(())
+        for anchor, weight in ((lo, 1 - w_hi), (lo + 1, w_hi)):
+            centre = torch.tensor([anchor, int(torch.round(p[1])), int(torch.round(p[2]))])
+            attended = code
+            if cfg.neighbours:
+                idx = [torch.minimum((centre + torch.tensor(d) - 1).clamp(min=0), dims - 1) for d in np.ndindex(3, 3, 3)]
+                near = torch.stack([codes[0, :, i[0], i[1], i[2]] for i in idx])           # (27, C)
+                q = sd["attention.q.weight"] @ code + sd["attention.q.bias"]
+                k = near @ sd["attention.k.weight"].T + sd["attention.k.bias"]
+                v = near @ sd["attention.v.weight"].T + sd["attention.v.bias"]
+                attended = torch.softmax(k @ q / np.sqrt(len(q)), dim=0) @ v                # Eq. 4
+            local = 2 * (p - centre)
+            value = value + weight * decoder(torch.cat([local, attended]))                  # Eq. 5
+        out.append(value + (lin if cfg.residual == "linear" else 0))
     return torch.stack(out)
 
 
+@pytest.mark.parametrize("band", [0.5, 0.15])
 @pytest.mark.parametrize("neighbours", [27, 0])
 @pytest.mark.parametrize("scale", [2.0, 2.7, 4.3])
-def test_fast_sampler_matches_reference(neighbours, scale):
-    model = make_model(seed=int(scale * 10) + neighbours, neighbours=neighbours)
+def test_fast_sampler_matches_reference(neighbours, scale, band):
+    model = make_model(seed=int(scale * 10) + neighbours, neighbours=neighbours, blend_band=band)
     torch.manual_seed(1)
     lr = torch.randn(1, 1, 5, 6, 7)
     z = torch.arange(0, 4 * scale + 1e-6) / scale                   # output slices at a decimal scale
@@ -96,7 +108,9 @@ def test_gradients_reach_every_parameter(neighbours):
     back = model(pred[:, None], torch.tensor([0.0, 7 / 3, 14 / 3, 7.0]))     # the cycle pass
     (pred.abs().mean() + back.abs().mean()).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert not missing
+    # W_K's bias adds q . b_K to all 27 scores of a query alike, so it cancels in the softmax (and the fused
+    # attention does not use it); every other parameter must learn.
+    assert missing == (["attention.k.bias"] if neighbours else [])
 
 
 def test_paper_preset_has_the_papers_sizes():
@@ -117,3 +131,43 @@ def test_config_rejects_bad_values():
         ModelConfig.from_dict({"preset": "paper", "colour": 1})
     with pytest.raises(ValueError, match="unknown preset"):
         preset("huge")
+
+
+@pytest.mark.parametrize("neighbours", [27, 0])
+def test_output_is_continuous_across_half_slices(neighbours):
+    """The anchor plane and its attention block switch at k + 1/2; the local ensemble must hide that."""
+    model = make_model(seed=11, neighbours=neighbours)
+    lr = torch.randn(1, 1, 5, 6, 7)
+    halves = torch.arange(4) + 0.5
+    with torch.no_grad():
+        below, above = model(lr, halves - 1e-6)[0], model(lr, halves + 1e-6)[0]
+    assert (below - above).abs().max() < 1e-4
+    assert jump_ratio(model, lr, [0.5, 1.0, 1.5, 2.5, 3.25, 3.5]) < 0.3     # mid-cells, a plane, between
+
+
+def test_jump_ratio_detects_a_jump():
+    """Guard for the test above: with a blend band of 1e-6 (nearest-plane decoding, the old
+    discontinuous form) the same sweep sees a jump at k + 1/2."""
+    model = make_model(seed=11, blend_band=1e-6)
+    lr = torch.randn(1, 1, 5, 6, 7)
+    assert jump_ratio(model, lr, [1.5]) > 0.9
+
+
+def test_bfloat16_autocast_keeps_interpolation_and_residual_in_float32():
+    """Under bf16 autocast the network runs in bf16, but t and the linear residual must not: a
+    zero-initialised model (pure linear interpolation) gives the float32 interpolation exactly, and a
+    trained-like one stays within bf16 rounding of its float32 output."""
+    lr = torch.randn(1, 1, 4, 5, 6) * 1.7
+    z = torch.tensor([0.0, 0.3, 1.5, 2.71, 3.0])
+    linear = CycleINR(preset("fast", **{"encoder_blocks": 1, "convs_per_block": 1}))
+    with torch.no_grad():
+        exact = linear(lr, z)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = linear(lr, z)
+    assert mixed.dtype == torch.float32 and torch.allclose(mixed, exact, atol=1e-6)
+    model = make_model(seed=4)
+    with torch.no_grad():
+        exact = model(lr, z)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(lr, z)
+    assert 0 < (mixed - exact).abs().max() < 0.05 * exact.abs().max()

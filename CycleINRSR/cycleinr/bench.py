@@ -25,35 +25,51 @@ BASELINE = "linear"
 
 # ------------------------------------------------------------------------------------- FLOP model
 
-def flops_breakdown(config, n_lr_slices: int, n_out_slices: int, plane: int) -> dict[str, float]:
-    """FLOPs (multiply + add = 2) of one whole-volume forward pass, by kind.
+def decoder_plan(config, n_lr_slices: int, z) -> tuple[int, int, int]:
+    """(decoder entries, anchor planes, most entries on one anchor) of decoding positions ``z``: the local
+    ensemble decodes a query once on an LR plane or outside the blend band, twice inside it."""
+    import torch
 
-    ``conv``: encoder 3x3x3 convolutions per LR voxel; ``linear``: attention projections (K, V per LR voxel,
-    Q per query) and decoder layers per query; ``elementwise``: Eq. 3 interpolation and Eq. 4 scores and
-    weighted sum per query (not matmuls, so not counted by torch's FlopCounterMode). Biases and
-    activations are ignored.
+    from .model import bracket, ensemble_entries
+    _, lo, hi, t = bracket(torch.as_tensor(np.asarray(z), dtype=torch.float32), n_lr_slices)
+    _, anchor, _ = ensemble_entries(lo, hi, t, config.blend_band)
+    counts = torch.bincount(anchor)
+    return len(anchor), int((counts > 0).sum()), int(counts.max())
+
+
+def flops_breakdown(config, n_lr_slices: int, n_out_slices: int, plane: int, z=None) -> dict[str, float]:
+    """FLOPs (multiply + add = 2) of one whole-volume forward pass at positions ``z`` (default: the
+    ``n_out_slices`` evenly spaced over the volume), by kind.
+
+    ``conv``: encoder 3x3x3 convolutions per LR voxel; ``linear``: per LR voxel the query projection
+    and W_K^T q (fused attention), per decoder entry W_V and the decoder layers; ``attention``: per LR
+    voxel of an anchor plane its 27-code score table against 3 query planes and the batched value sum
+    (padded to the busiest anchor). These are all matmuls, which torch's FlopCounterMode counts too.
+    Biases, softmax and activations are ignored.
     """
     c = config
-    lr_voxels, queries = n_lr_slices * plane, n_out_slices * plane
+    if z is None:
+        z = np.linspace(0, n_lr_slices - 1, n_out_slices) if n_out_slices > 1 else np.zeros(n_out_slices)
+    entries, anchors, most = decoder_plan(c, n_lr_slices, z) if n_out_slices else (0, 0, 0)
     conv = 27 * (1 * c.features + c.encoder_blocks * c.convs_per_block * c.features ** 2 + c.features * c.code_length)
-    linear_lr = 2 * c.code_length ** 2 if c.neighbours else 0
     dims_in = [3 + c.code_length] + [c.decoder_width] * (c.decoder_layers - 1)
     dims_in[c.skip_layer] = c.decoder_width + 3 + c.code_length
     dims_out = [c.decoder_width] * (c.decoder_layers - 1) + [1]
     decoder = sum(i * o for i, o in zip(dims_in, dims_out, strict=True))
-    linear_query = decoder + (c.code_length ** 2 if c.neighbours else 0)
-    elementwise = 2 * c.code_length + (2 * c.neighbours * c.code_length if c.neighbours else 0)
-    return {"conv": 2.0 * conv * lr_voxels,
-            "linear": 2.0 * (linear_lr * lr_voxels + linear_query * queries),
-            "elementwise": 2.0 * elementwise * queries}
+    attention = c.neighbours > 0
+    linear = (2 * c.code_length ** 2 * n_lr_slices if attention and n_out_slices else 0) + \
+        (decoder + (c.code_length ** 2 if attention else 0)) * entries
+    tables = 27 * c.code_length * (3 + most) * anchors if attention else 0
+    return {"conv": 2.0 * conv * n_lr_slices * plane, "linear": 2.0 * linear * plane,
+            "attention": 2.0 * tables * plane}
 
 
-def flops_per_output_voxel(config, factor: float) -> float:
-    """Model FLOPs per output voxel at upsampling ``factor`` (per-LR-voxel work shared by ``factor``
-    output voxels, plus the per-query work)."""
-    per_lr = flops_breakdown(config, 1, 0, 1)
-    per_query = flops_breakdown(config, 0, 1, 1)
-    return (per_lr["conv"] + per_lr["linear"]) / factor + sum(per_query.values())
+def flops_per_output_voxel(config, factor: float, n_lr_slices: int = 64) -> float:
+    """Model FLOPs per output voxel when upsampling ``n_lr_slices`` slices by ``factor`` in one window
+    (no sliding-window overlap): the ideal the bench compares wall time with."""
+    n_out = int(np.floor((n_lr_slices - 1) * factor + 1e-6)) + 1
+    z = np.arange(n_out) / factor
+    return sum(flops_breakdown(config, n_lr_slices, n_out, 1, z=z).values()) / n_out
 
 
 # -------------------------------------------------------------------------------------- measuring
@@ -110,13 +126,19 @@ def _load_model(spec: str, device):
         return CycleINR(preset(name)).to(device).eval(), "random"
 
 
-def measure(method: str, device: str, size: int, slices: int, factor: float, repeats: int = 1) -> dict:
-    """Time one upsampling case in this process; returns the numbers of one table row."""
+def measure(method: str, device: str, size: int, slices: int, factor: float, repeats: int = 1,
+            volume: str | None = None) -> dict:
+    """Time one upsampling case in this process; returns the numbers of one table row. ``volume``: a
+    real CT file instead of the synthetic one (its own spacing; ``factor`` still applies)."""
     from .baselines import interpolate
     spacing = (0.8, 0.8, 5.0)
     vol = synthetic_volume(slices, size)
+    if volume:
+        from .volume_io import read_volume
+        vol, geometry, _ = read_volume(volume)
+        vol, spacing = vol.astype(np.float32), geometry.spacing
     small = synthetic_volume(4, min(size, 32), seed=1)
-    row = {"method": method, "device": device, "size": size, "slices": slices, "factor": factor}
+    row = {"method": method, "device": device, "size": vol.shape[-1], "slices": vol.shape[0], "factor": factor}
     if method == BASELINE:
         def call(v):
             return interpolate(v, spacing, factor=factor, method="linear").array
@@ -128,7 +150,7 @@ def measure(method: str, device: str, size: int, slices: int, factor: float, rep
         from .inference import select_device, upsample
         dev = select_device(device)
         model, row["weights"] = _load_model(method, dev)
-        row["flops_per_voxel"] = flops_per_output_voxel(model.config, factor)
+        row["flops_per_voxel"] = flops_per_output_voxel(model.config, factor, vol.shape[0])
         row["threads"] = torch.get_num_threads()
 
         def call(v):
@@ -163,7 +185,7 @@ def _run_case(method: str, device: str, args) -> dict:
     package_parent = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
     case = {"method": method, "device": device, "size": args.size, "slices": args.slices, "factor": args.factor,
-            "repeats": args.repeats}
+            "repeats": args.repeats, "volume": args.volume}
     proc = subprocess.run([sys.executable, "-m", "cycleinr.bench", "--worker", json.dumps(case)],
                           capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -174,7 +196,8 @@ def _run_case(method: str, device: str, args) -> dict:
 
 
 def format_table(rows: list[dict], peaks: dict) -> str:
-    head = ["device", "method", "weights", "wall s", "Mvox/s", "peak MB", "FLOP/vox", "GFLOP/s", "% of mm peak"]
+    head = ["device", "method", "weights", "wall s", "Mvox/s", "peak MB", "FLOP/vox", "GFLOP/s", "% of mm peak",
+            "bound s", "wall / bound"]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         if "error" in r:
@@ -184,9 +207,11 @@ def format_table(rows: list[dict], peaks: dict) -> str:
         gflops = r["flops_per_voxel"] * rate / 1e9
         peak = peaks.get(r["device"])
         frac = f"{100 * gflops * 1e9 / peak:.1f}" if peak else "-"
+        bound = r["flops_per_voxel"] * r["out_voxels"] / peak if peak else None
         lines.append(" | ".join([r["device"], r["method"], r["weights"], f"{r['seconds']:.3g}", f"{rate / 1e6:.3g}",
                                  f"{r['peak_mb']:.0f} ({r['memory_kind']})", f"{r['flops_per_voxel']:.3g}",
-                                 f"{gflops:.3g}", frac]))
+                                 f"{gflops:.3g}", frac, f"{bound:.3g}" if bound else "-",
+                                 f"{r['seconds'] / bound:.2f}" if bound else "-"]))
     return "\n".join(lines)
 
 
@@ -211,8 +236,9 @@ def run(args) -> int:
             print(f"bench: {where} {method} ({args.slices}x{args.size}x{args.size}, x{args.factor:g})...",
                   file=sys.stderr)
             rows.append(_run_case(method, where, args))
-    print(f"CycleINR bench: input {args.slices} x {args.size} x {args.size} LR voxels, factor {args.factor:g}; "
-          "FLOPs analytic (no window overlap); % of the measured matmul peak")
+    shape = f"{args.volume}" if args.volume else f"{args.slices} x {args.size} x {args.size} LR voxels"
+    print(f"CycleINR bench: input {shape}, factor {args.factor:g}; FLOPs analytic (no window overlap); "
+          "compute bound = FLOPs / the matmul peak measured in this run")
     print(format_table(rows, peaks))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "matmul_peak": peaks}, indent=2) + "\n")
@@ -228,6 +254,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="in-plane size of the synthetic LR volume (default 256)")
     p.add_argument("--slices", type=int, default=16, help="LR slices (default 16)")
     p.add_argument("--factor", type=float, default=5.0, help="upsampling factor (default 5)")
+    p.add_argument("--volume", metavar="PATH", help="time a real volume (e.g. a 512x512 5 mm CT) instead of "
+                   "the synthetic one")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per case; the best is reported")
     p.add_argument("--matmul-size", type=int, default=None,
                    help="side of the square matmul that measures the peak (default 2048 CPU, 8192 CUDA)")

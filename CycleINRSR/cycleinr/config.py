@@ -23,6 +23,8 @@ class ModelConfig:
     decoder_width: int = 256
     skip_layer: int = 4              # decoder input is concatenated into this layer (ArSSR / NeRF style)
     residual: str = "linear"         # "linear": predict a correction to linear interpolation; "none": paper
+    blend_band: float = 0.5          # local-ensemble blend half-width around mid-cell (0.5: LIIF's linear weights)
+    window_margin: int = 0           # measured sliding-window context (LR voxels); 0: the full context_radius
     intensity_offset: float = 0.0    # normalized = (value - offset) / scale
     intensity_scale: float = 1000.0  # HU / 1000: air -1, water 0, dense bone ~2
 
@@ -33,6 +35,10 @@ class ModelConfig:
             raise ValueError("residual must be 'linear' or 'none'")
         if not 1 <= self.skip_layer < self.decoder_layers:
             raise ValueError("skip_layer must lie inside the decoder")
+        if not 0 < self.blend_band <= 0.5:
+            raise ValueError("blend_band must lie in (0, 0.5]: the half-width of the blend around mid-cell")
+        if not 0 <= self.window_margin <= self.context_radius:
+            raise ValueError("window_margin must lie between 0 and the context radius")
         if self.intensity_scale <= 0:
             raise ValueError("intensity_scale must be positive")
 

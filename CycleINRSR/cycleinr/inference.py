@@ -1,11 +1,15 @@
 """Sliding-window upsampling of a whole volume along its slice axis.
 
-The volume is cut into z windows (``window`` LR slices, neighbours sharing ``overlap`` slices) and, when
-wider than ``tile`` voxels, in-plane tiles. Each window is encoded with ``margin`` extra LR voxels of
-context on every side that exists, decoded at the output slices inside it, and blended with Gaussian
-weights that fall off towards the window's edges. Peak memory is set by the window, not the volume.
-With ``margin >= config.context_radius`` every window sees exactly what the whole volume would show
-it, and the result equals whole-volume inference to float precision.
+The volume is cut into z windows of equal size (``window`` LR slices, neighbours sharing ``overlap``
+slices) and, when wider than ``tile`` voxels, equal in-plane tiles sharing ``overlap`` pixels. Each window
+is encoded with ``margin`` extra LR voxels of context on every side that exists, but only its own core is
+decoded: the output slices inside it, at the pixels of its tile. Results are blended with Gaussian weights
+that fall off towards the window's edges; the in-plane blend is done on the device, so each z window
+crosses to the host once. Peak memory is set by the window and tile, not the volume.
+
+The default margin is the model's measured context (``config.window_margin``, from the effective receptive
+field, see ``receptive.py``), else the full ``config.context_radius``, with which every window sees
+exactly what the whole volume would show it. The output is clamped to the input's own value range.
 """
 
 from __future__ import annotations
@@ -23,14 +27,14 @@ from .model import CycleINR
 from .volume_io import check_volume
 from .weights import load_model
 
-# Defaults: a window of 24 thick slices keeps the paper preset's encoder activations near 1 GB while most
-# clinical volumes (<= 24 slices of a 5 mm series) need few windows; 2 shared slices plus 4 slices of context
-# per side keep the seams invisible. Tiles and decode chunks depend on the device: on a CPU, 112-pixel tiles
-# decoded 16k points at a time ran 1.8x faster than 384-pixel tiles with 64k-point chunks (cache-sized
-# tensors instead of page-faulting ones; Testing/benchmarks/tile_sizes.py, 2 cores); a GPU wants big tiles.
+# Defaults: a window of 24 thick slices keeps the paper preset's encoder activations near 1 GB on a CPU while
+# most clinical volumes need few windows. On a CPU, 112-pixel tiles decoded 16k points at a time ran 1.8x
+# faster than 384-pixel tiles with 64k-point chunks (cache-sized tensors instead of page-faulting ones;
+# Testing/benchmarks/tile_sizes.py, 2 cores). On CUDA, window and tile are sized from free memory.
 DEFAULT_WINDOW, DEFAULT_OVERLAP = 24, 2
-DEFAULT_TILE = {"cpu": 112, "cuda": 384}
-POINTS_PER_CHUNK = {"cpu": 1 << 14, "cuda": 1 << 16}
+DEFAULT_TILE = {"cpu": 112, "cuda": 512}
+POINTS_PER_CHUNK = {"cpu": 1 << 14, "cuda": 1 << 21}
+CUDA_MEMORY_SHARE = 0.5                   # of the free GPU memory that one window may take
 
 
 class Cancelled(RuntimeError):
@@ -51,14 +55,16 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def spans(n: int, size: int, overlap: int) -> list[tuple[int, int]]:
-    """Inclusive index ranges of length ``size`` covering 0..n-1, neighbours sharing ``overlap``."""
+    """Inclusive index ranges covering 0..n-1: as few as fit ``size`` with neighbours sharing at least
+    ``overlap``, all of (nearly) equal length, so no part of the volume is computed twice over."""
     size = max(1, min(size, n))
     overlap = min(max(overlap, 0), size - 1)
     if size >= n:
         return [(0, n - 1)]
-    step = size - overlap
-    starts = list(range(0, n - size, step)) + [n - size]
-    return [(a, a + size - 1) for a in sorted(set(starts))]
+    count = math.ceil((n - overlap) / (size - overlap))
+    length = math.ceil((n + (count - 1) * overlap) / count)
+    starts = [round(i * (n - length) / (count - 1)) for i in range(count)]
+    return [(a, a + length - 1) for a in starts]
 
 
 def gaussian(coords: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -88,77 +94,107 @@ def _spacing_xyz(spacing) -> tuple[float, float, float]:
 
 
 def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, factor: float | None = None,
-             model="default", device="auto", window: int = DEFAULT_WINDOW, overlap: int = DEFAULT_OVERLAP,
-             tile: int | None = None,
-             margin: int | None = None, progress: Callable[[int, int], None] | None = None,
-             cancel=None) -> UpsampleResult:
+             model="default", device="auto", window: int | None = None, overlap: int = DEFAULT_OVERLAP,
+             tile: int | None = None, margin: int | None = None,
+             progress: Callable[[int, int], None] | None = None, cancel=None) -> UpsampleResult:
     """Upsample a (z, y, x) volume along z to ``target_spacing`` mm (or by ``factor``).
 
     ``spacing`` is ITK (x, y, z) in mm (or a Geometry). The first output slice lies on the first input
     slice, the output spacing is exactly the target, and no slice lies past the last input slice; origin
     and direction are unchanged (see ``UpsampleResult.geometry``). ``model`` is 'default', 'fast', a
-    weights path or a loaded CycleINR. ``progress(done, total)`` is called after each window; ``cancel``
-    (a threading.Event or a callable returning True) stops the run with ``Cancelled``. The input array
-    is never modified. Deterministic on CPU; bfloat16 autocast on CUDA.
+    weights path or a loaded CycleINR. ``window``/``tile`` default to sizes that suit the device.
+    ``progress(done, total)`` is called after each tile; ``cancel`` (a threading.Event or a callable
+    returning True) stops the run with ``Cancelled``. The input array is never modified; the output stays
+    within its value range. Deterministic on CPU; bfloat16 autocast on CUDA (interpolation weights,
+    residual and blending stay float32).
     """
     check_volume(volume)
     spacing = _spacing_xyz(spacing)
     target = resolve_target_spacing(spacing[2], target_spacing, factor)
-    if window < 2:
+    if window is not None and window < 2:
         raise ValueError(f"window must hold at least 2 LR slices, got {window}")
+    if tile is not None and tile < 1:
+        raise ValueError(f"tile must be a positive number of pixels, got {tile}")
+    if overlap < 0:
+        raise ValueError(f"overlap must be >= 0, got {overlap}")
     dev = select_device(device)
     net = _resolve_model(model, dev)
     cfg = net.config
-    tile = tile or DEFAULT_TILE.get(dev.type, DEFAULT_TILE["cuda"])
-    margin = min(cfg.context_radius, 4) if margin is None else max(int(margin), 0)
+    margin = default_margin(cfg) if margin is None else max(int(margin), 0)
     n, h, w = volume.shape
+    auto_window, auto_tile = window_and_tile(cfg, dev, volume.shape, margin)
+    window, tile = window or auto_window, tile or auto_tile
     positions = output_slice_positions(n, spacing[2], target)
 
-    norm = (np.asarray(volume, dtype=np.float32) - cfg.intensity_offset) / cfg.intensity_scale
+    norm = torch.from_numpy((np.asarray(volume, dtype=np.float32) - cfg.intensity_offset) / cfg.intensity_scale)
     numerator = np.zeros((len(positions), h, w), dtype=np.float32)
-    denominator = np.zeros_like(numerator)
+    denominator = np.zeros(len(positions), dtype=np.float32)
     z_spans = spans(n, window, overlap)
-    y_spans, x_spans = spans(h, tile, 2 * margin), spans(w, tile, 2 * margin)
+    y_spans, x_spans = spans(h, tile, overlap), spans(w, tile, overlap)
+    wy, wx = _tile_weights(y_spans, h, dev), _tile_weights(x_spans, w, dev)
     total, done = len(z_spans) * len(y_spans) * len(x_spans), 0
+    chunk = int(os.environ.get("CYCLEINR_POINTS_PER_CHUNK", POINTS_PER_CHUNK.get(dev.type, 1 << 21)))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     with torch.inference_mode(), amp:
         for za, zb in z_spans:
             inside = np.nonzero((positions >= za - 1e-9) & (positions <= zb + 1e-9))[0]
             ez0, ez1 = max(za - margin, 0), min(zb + margin, n - 1)
-            wz = gaussian(positions[inside], za, zb)
+            z_local = torch.as_tensor(positions[inside] - ez0, dtype=torch.float32)
+            blended = torch.zeros((len(inside), h, w), dtype=torch.float32, device=dev)
             for ya, yb in y_spans:
                 ey0, ey1 = max(ya - margin, 0), min(yb + margin, h - 1)
-                wy = gaussian(np.arange(ya, yb + 1), ya, yb)
                 for xa, xb in x_spans:
                     _check_cancel(cancel)
                     ex0, ex1 = max(xa - margin, 0), min(xb + margin, w - 1)
-                    wx = gaussian(np.arange(xa, xb + 1), xa, xb)
-                    lr = torch.from_numpy(np.ascontiguousarray(norm[ez0:ez1 + 1, ey0:ey1 + 1, ex0:ex1 + 1]))
-                    pred = _decode_window(net, lr.to(dev)[None, None], positions[inside] - ez0)
-                    pred = pred[:, ya - ey0:yb - ey0 + 1, xa - ex0:xb - ex0 + 1]
-                    weight = wz[:, None, None] * wy[None, :, None] * wx[None, None, :]
-                    numerator[inside, ya:yb + 1, xa:xb + 1] += weight * pred
-                    denominator[inside, ya:yb + 1, xa:xb + 1] += weight
+                    lr = norm[ez0:ez1 + 1, ey0:ey1 + 1, ex0:ex1 + 1].to(dev)[None, None]
+                    core = (ya - ey0, yb - ey0 + 1, xa - ex0, xb - ex0 + 1)
+                    pred = net.decode(lr, net.encode(lr), z_local, region=core, chunk=chunk)[0]
+                    blended[:, ya:yb + 1, xa:xb + 1] += pred * (wy[ya, yb][:, None] * wx[xa, xb][None, :])
                     done += 1
                     if progress is not None:
                         progress(done, total)
-    out = numerator / denominator * cfg.intensity_scale + cfg.intensity_offset
+            wz = gaussian(positions[inside], za, zb)
+            numerator[inside] += wz[:, None, None] * blended.cpu().numpy()
+            denominator[inside] += wz
+    out = numerator / denominator[:, None, None] * cfg.intensity_scale + cfg.intensity_offset
+    out = np.clip(out, float(np.min(volume)), float(np.max(volume)))
     spacing_out = (spacing[0], spacing[1], float(target))
     return UpsampleResult(out.astype(np.float32), spacing_out, positions)
 
 
-def _decode_window(net: CycleINR, lr: torch.Tensor, z: np.ndarray) -> np.ndarray:
-    """Encode one window once, then decode its output slices in chunks that bound memory."""
-    codes = net.encode(lr)
-    kv = net.keys_values(codes)
-    plane = lr.shape[-1] * lr.shape[-2]
-    default = POINTS_PER_CHUNK.get(lr.device.type, POINTS_PER_CHUNK["cuda"])
-    budget = int(os.environ.get("CYCLEINR_POINTS_PER_CHUNK", default))
-    step = max(1, budget // plane)
-    zt = torch.as_tensor(z, dtype=torch.float32)
-    parts = [net.decode(lr, codes, kv, zt[i:i + step]).float()[0].cpu() for i in range(0, len(zt), step)]
-    return torch.cat(parts).numpy()
+def default_margin(config) -> int:
+    """LR voxels of context per window side: the measured effective receptive field, else the exact one."""
+    return config.window_margin or config.context_radius
+
+
+def _tile_weights(tile_spans, n: int, device) -> dict:
+    """Gaussian weights of each tile over its own pixels, normalized so that the tiles covering a pixel
+    sum to one: the in-plane blend is complete on the device, and only z windows blend on the host."""
+    coords = np.arange(n)
+    raw = {s: np.where((coords >= s[0]) & (coords <= s[1]), gaussian(coords, *s), 0.0) for s in tile_spans}
+    total = sum(raw.values())
+    return {s: torch.from_numpy((r / total)[s[0]:s[1] + 1].astype(np.float32)).to(device) for s, r in raw.items()}
+
+
+def window_and_tile(config, device: torch.device, shape, margin: int) -> tuple[int, int]:
+    """Default z window and in-plane tile. CPU: fixed cache-friendly sizes. CUDA: the largest tile and
+    window whose activations (with margins) fit ``CUDA_MEMORY_SHARE`` of the free memory."""
+    if device.type != "cuda":
+        return DEFAULT_WINDOW, DEFAULT_TILE["cpu"]
+    free, _ = torch.cuda.mem_get_info(device)
+    budget = CUDA_MEMORY_SHARE * free
+    # bf16 bytes per encoded LR voxel: ~3 live feature maps, the codes (plain, padded, as queries) and the
+    # 27-code block of an anchor plane.
+    per_voxel = 2 * (3 * config.features + 3 * config.code_length + 27 * config.code_length)
+    n, h, w = shape
+    tile = min(max(h, w), DEFAULT_TILE["cuda"])
+    while tile > 64 and (tile + 2 * margin) ** 2 * (2 + 2 * margin) * per_voxel > budget:
+        tile //= 2
+    window = n
+    while window > 2 and (window + 2 * margin) * (tile + 2 * margin) ** 2 * per_voxel > budget:
+        window = max(2, window // 2)
+    return window, tile
 
 
 def timed_upsample(*args, **kwargs) -> tuple[UpsampleResult, float]:

@@ -3,16 +3,27 @@
 Query positions are given along the slice axis only, in *LR slice-index units* (0 = centre of the first LR
 slice, D - 1 = the last; the cell-centre convention, i.e. normalized coordinate ``(2 z + 1) / D - 1`` in
 [-1, 1] over the volume's extent). In-plane, queries sit on the LR voxel centres, because upsampling is
-along z only. That makes Eq. 3-4 cheap:
+along z only. A query at ``z`` between LR planes ``lo`` and ``hi = lo + 1`` (``t = z - lo``):
 
-* trilinear sampling (Eq. 3) reduces to linear interpolation between the two bracketing LR slices;
-* the 27 nearest LR codes of a query are the 3x3x3 block around its nearest LR voxel, i.e. fixed shifts;
-* K and V are linear in the LR codes, so they are computed once per LR voxel, not once per query.
+* Eq. 3: trilinear sampling reduces to linear interpolation between the two planes, ``(1 - t) z_lo + t z_hi``;
+* Eq. 4: local attention over the 3x3x3 block of LR codes around an anchor plane;
+* Eq. 5: the decoder gets (local coordinate, attended code); the local coordinate is the query's offset
+  from the anchor plane, ``2 (z - anchor)`` (LIIF's, 1 = half a cell), so it does not depend on the
+  volume's size or a sliding window's position and windows stitch exactly.
 
-The decoder receives the query's offset from the centre of that nearest LR voxel, normalized to [-1, 1]
-over one LR cell (LIIF's local coordinate). Unlike a coordinate normalized over the whole input, it does
-not change with the size of the volume or the position of a sliding window, so windows stitch exactly.
-Borders are clamped (replicated): a neighbour index outside the volume takes the nearest valid voxel.
+**Continuity (local ensemble).** Anchoring on the nearest plane alone makes the output jump at every
+half-slice position ``k + 1/2``, where the anchor and its attention block switch planes. Instead, every
+query is decoded from *both* bracketing planes and the two results are blended, LIIF's local ensemble
+along z: weight ``w_hi = clip((t - 1/2) / (2 band) + 1/2, 0, 1)`` on the ``hi`` anchor, ``1 - w_hi`` on the
+``lo`` one. ``band = 1/2`` gives LIIF's linear weights ``w_hi = t``; a smaller band blends only within
+``band`` of the mid-point and decodes the rest from the nearest plane alone (cheaper, and identical to
+nearest-plane decoding outside the band). Either way the output is continuous in ``z``.
+
+**Fused attention.** Q is affine in the code, so ``q(z) = (1 - t) q_lo + t q_hi``, and
+``q . k_j = (W_K^T q) . z_j + const`` (the constant cancels in the softmax). So the 27 scores of a query
+are a blend of two per-LR-voxel score tables, and the value sum is ``W_V (sum_j a_j z_j) + b_V``, one
+small batched matmul per LR voxel over the 27 codes of its block. Nothing of size 27 x C exists per
+query; the same code serves inference and training. Borders are clamped (replicated).
 """
 
 from __future__ import annotations
@@ -92,6 +103,27 @@ class Decoder(nn.Module):
         return h.squeeze(-1)
 
 
+def ensemble_entries(lo: torch.Tensor, hi: torch.Tensor, t: torch.Tensor, band: float):
+    """The local ensemble's decoder work: one entry (query row, anchor plane, weight) per query and
+    bracketing plane with a non-zero weight ``w_hi = clip((t - 1/2) / (2 band) + 1/2, 0, 1)``, sorted by
+    anchor. Queries on an LR plane, or outside the band, have one entry; the others two."""
+    w_hi = ((t - 0.5) / (2 * band) + 0.5).clamp(0, 1) if bool((hi > lo).any()) else torch.zeros_like(t)
+    from_lo, from_hi = torch.nonzero(w_hi < 1).squeeze(1), torch.nonzero(w_hi > 0).squeeze(1)
+    rows = torch.cat([from_lo, from_hi])
+    anchor = torch.cat([lo[from_lo], hi[from_hi]])
+    weight = torch.cat([1 - w_hi[from_lo], w_hi[from_hi]])
+    order = torch.argsort(anchor, stable=True)
+    return rows[order], anchor[order], weight[order]
+
+
+def bracket(z: torch.Tensor, depth: int):
+    """Clamped positions, the LR planes lo <= z <= hi = lo + 1 around them, and t = z - lo (float32)."""
+    z = z.to(torch.float32).clamp(0, depth - 1)
+    lo = torch.floor(z).long().clamp(0, max(depth - 2, 0))
+    hi = (lo + 1).clamp(max=depth - 1)
+    return z, lo, hi, z - lo
+
+
 class CycleINR(nn.Module):
     """G_theta of the paper: LR volume + query slice positions -> intensities at those positions."""
 
@@ -110,52 +142,85 @@ class CycleINR(nn.Module):
         """(B, 1, D, H, W) normalized LR -> channels-last latent codes (B, D, H, W, C)."""
         return self.encoder(lr).permute(0, 2, 3, 4, 1).contiguous()
 
-    def keys_values(self, codes: torch.Tensor):
-        """K and V of every LR voxel, padded by one replicated voxel in-plane for the 3x3 shifts."""
-        if self.attention is None:
-            return None
-        def padded(linear):  # replicate one voxel on each side in H and W, none in D
-            t = linear(codes).permute(0, 4, 1, 2, 3)
-            return nn.functional.pad(t, (1, 1, 1, 1, 0, 0), mode="replicate").permute(0, 2, 3, 4, 1)
-
-        k, v = padded(self.attention.k), padded(self.attention.v)
-        return k, v
-
-    def decode(self, lr: torch.Tensor, codes: torch.Tensor, kv, z: torch.Tensor) -> torch.Tensor:
-        """Intensities (B, Q, H, W) at slice positions ``z`` (Q,) in LR index units, in-plane at LR centres."""
+    def decode(self, lr: torch.Tensor, codes: torch.Tensor, z: torch.Tensor, region=None,
+               chunk: int | None = None) -> torch.Tensor:
+        """Intensities (B, Q, h, w) at slice positions ``z`` (Q,) in LR index units, in-plane at the LR
+        centres of ``region`` = (y0, y1, x0, x1) (half-open; default: the whole plane). Decoding only a
+        region lets a sliding window skip its context margin; codes outside it serve as neighbours.
+        ``chunk`` bounds the work per step (LR voxels per group of anchor planes, points per decoder
+        call), for cache-sized tensors on CPUs; None does everything at once (training)."""
         depth, height, width = codes.shape[1:4]
-        z = z.to(codes.device, torch.float32).clamp(0, depth - 1)
-        lo = torch.floor(z).long().clamp(max=max(depth - 2, 0))
-        hi = (lo + 1).clamp(max=depth - 1)
-        t = (z - lo).view(1, -1, 1, 1, 1).to(codes.dtype)
-        code = codes[:, lo] * (1 - t) + codes[:, hi] * t                       # Eq. 3, (B, Q, H, W, C)
-        centre = torch.floor(z + 0.5).long().clamp(0, depth - 1)
-        if kv is not None:
-            code = self._attend(code, kv, centre, depth, height, width)       # Eq. 4
-        local = torch.zeros(*code.shape[:-1], 3, dtype=code.dtype, device=code.device)
-        local[..., 0] = (2 * (z - centre)).view(1, -1, 1, 1).to(code.dtype)
-        out = self.decoder(torch.cat([local, code], dim=-1))                    # Eq. 5
+        y0, y1, x0, x1 = region or (0, height, 0, width)
+        z, lo, hi, t = bracket(z.to(codes.device), depth)               # t stays fp32 under autocast
+        rows, anchor, weight = ensemble_entries(lo, hi, t, self.config.blend_band)
+
+        padded = nn.functional.pad(codes.permute(0, 4, 1, 2, 3), (1, 1, 1, 1, 0, 0), mode="replicate")
+        padded = padded.permute(0, 2, 3, 4, 1)[:, :, y0:y1 + 2, x0:x1 + 2]  # (B, D, h+2, w+2, C)
+        inner = padded[:, :, 1:-1, 1:-1]
+        queries = self._queries(inner) if self.attention is not None else None
+        h, w = y1 - y0, x1 - x0
+        planes = torch.unique(anchor)
+        per_group = len(planes) if chunk is None else max(1, chunk // (h * w))
+        out = torch.zeros(codes.shape[0], len(z), h, w, device=codes.device, dtype=torch.float32)
+        for group in torch.split(planes, per_group):
+            sel = (anchor >= group[0]) & (anchor <= group[-1])
+            g_rows, g_anchor = rows[sel], anchor[sel]
+            g_lo, g_hi, g_t = lo[g_rows], hi[g_rows], t[g_rows]
+            if queries is None:                                         # Eq. 3 alone (no attention)
+                tq = g_t.view(1, -1, 1, 1, 1).to(codes.dtype)
+                attended = inner[:, g_lo] * (1 - tq) + inner[:, g_hi] * tq
+            else:
+                attended = self._attend(padded, queries, group, g_anchor, g_lo, g_hi, g_t)          # Eq. 4
+            local = torch.zeros(*attended.shape[:-1], 3, dtype=attended.dtype, device=attended.device)
+            local[..., 0] = (2 * (z[g_rows] - g_anchor)).view(1, -1, 1, 1).to(attended.dtype)
+            value = self._decode_points(torch.cat([local, attended], dim=-1), chunk)              # Eq. 5
+            out = out.index_add(1, g_rows, value * weight[sel].view(1, -1, 1, 1))
         if self.config.residual == "linear":
-            t4 = t.squeeze(-1)
-            out = out + lr[:, 0, lo] * (1 - t4) + lr[:, 0, hi] * t4
+            image = lr[:, 0, :, y0:y1, x0:x1].float()
+            t4 = t.view(1, -1, 1, 1)
+            out = out + image[:, lo] * (1 - t4) + image[:, hi] * t4
         return out
 
-    def _attend(self, code, kv, centre, depth, height, width):
-        keys, values = kv
-        q = self.attention.q(code) * self.attention.scale
-        shifts = [(dz, dy, dx) for dz in (-1, 0, 1) for dy in (0, 1, 2) for dx in (0, 1, 2)]
-        planes = {dz: (centre + dz).clamp(0, depth - 1) for dz in (-1, 0, 1)}
+    def _decode_points(self, features: torch.Tensor, chunk: int | None) -> torch.Tensor:
+        if chunk is None or features[..., 0].numel() <= chunk:
+            return self.decoder(features).float()
+        flat = features.reshape(-1, features.shape[-1])
+        parts = [self.decoder(flat[i:i + chunk]).float() for i in range(0, len(flat), chunk)]
+        return torch.cat(parts).view(features.shape[:-1])
 
-        def shifted(t, dz, dy, dx):
-            return t[:, planes[dz], dy:dy + height, dx:dx + width]
+    def _queries(self, inner: torch.Tensor) -> torch.Tensor:
+        """W_K^T q of every LR voxel (q = W_Q z + b_Q, scaled): scores against raw codes, per Eq. 4."""
+        att = self.attention
+        q = att.q(inner) * att.scale
+        return q @ att.k.weight.to(q.dtype)
 
-        scores = torch.stack([(q * shifted(keys, *s)).sum(-1) for s in shifts], dim=-1)
-        weights = torch.softmax(scores, dim=-1)
-        out = torch.zeros_like(code)
-        for n, s in enumerate(shifts):
-            out = out + weights[..., n:n + 1] * shifted(values, *s)
-        return out
+    def _attend(self, padded, queries, group, anchor, lo, hi, t) -> torch.Tensor:
+        """Eq. 4 for entries anchored on the planes ``group`` (sorted): softmax over the 27 codes of the
+        anchor's 3x3x3 block with q = (1 - t) q_lo + t q_hi. Per LR voxel of an anchor plane: its block
+        (27 x C), a score table against the queries of the 3 planes around it, and one batched matmul
+        with the weights of all entries anchored there."""
+        batch, depth, h, w = padded.shape[0], padded.shape[1], padded.shape[2] - 2, padded.shape[3] - 2
+        channels, count = padded.shape[-1], len(group)
+        near = (group[:, None] + torch.arange(-1, 2, device=group.device)).clamp(0, depth - 1).flatten()
+        block = padded.index_select(1, near).unfold(2, 3, 1).unfold(3, 3, 1)   # (B, 3G, h, w, C, 3, 3)
+        block = block.reshape(batch, count, 3, h, w, channels, 3, 3).permute(0, 1, 3, 4, 2, 6, 7, 5)
+        block = block.reshape(batch, count, h, w, 27, channels)
+        qs = queries.index_select(1, near).view(batch, count, 3, h, w, channels).permute(0, 1, 3, 4, 5, 2)
+        tables = torch.matmul(block, qs)                                   # (B, G, h, w, 27, 3 query planes)
+        slot = torch.searchsorted(group, anchor)
+        per_entry = tables[:, slot].float()                               # (B, E, h, w, 27, 3)
+        pick = lambda plane: per_entry.gather(-1, (plane - anchor + 1).view(1, -1, 1, 1, 1, 1).expand(  # noqa: E731
+            *per_entry.shape[:-1], 1)).squeeze(-1)
+        tt = t.view(1, -1, 1, 1, 1)
+        weights = torch.softmax(pick(lo) * (1 - tt) + pick(hi) * tt, dim=-1).to(block.dtype)
+        rank = torch.arange(len(anchor), device=anchor.device) - torch.searchsorted(anchor, anchor)
+        most = int(rank.max()) + 1                                         # entries per anchor, at most
+        index = slot * most + rank
+        grouped = weights.new_zeros(batch, count * most, h, w, 27).index_copy(1, index, weights)
+        grouped = grouped.view(batch, count, most, h, w, 27).permute(0, 1, 3, 4, 2, 5)
+        mixed = torch.matmul(grouped, block)                               # (B, G, h, w, M, C)
+        mixed = mixed.permute(0, 1, 4, 2, 3, 5).reshape(batch, count * most, h, w, channels).index_select(1, index)
+        return self.attention.v(mixed)
 
     def forward(self, lr: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        codes = self.encode(lr)
-        return self.decode(lr, codes, self.keys_values(codes), z)
+        return self.decode(lr, self.encode(lr), z)
