@@ -67,12 +67,15 @@ class CycleINRSR(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["CycleINR developers (CycleINR project)"]
         self.parent.helpText = _("""
-Upsamples a thick-slice CT or MR volume along its slice axis to any thinner slice spacing with CycleINR
+Upsamples a thick-slice CT volume (in Hounsfield units; the bundled models are trained on CT only, MR needs
+a model trained on MR with CycleINR Train) along its slice axis to any thinner slice spacing with CycleINR
 (Wei Fang et al., "CycleINR: Cycle Implicit Neural Representation for Arbitrary-Scale Volumetric
 Super-Resolution of Medical Data", CVPR 2024). The result is a new volume named
 &lt;input&gt;_&lt;thickness&gt;mm with the input's origin and orientation; the input is not modified.
-The network runs in a background process (CPU or CUDA) and can be cancelled. SNLI (slice-wise noise level
-inconsistency) of input and output is reported; "Show comparison layout" shows both side by side.
+The network runs in a background process (CPU or CUDA) and can be cancelled. Model "Automatic" uses
+the paper-size model on a CUDA GPU and the small fast one on a CPU; the status line says which ran.
+SNLI (slice-wise noise level inconsistency) of input and output is reported; "Show comparison layout"
+shows both side by side.
 Needs 3D Slicer 5.10 or later and the PyTorch extension. See the <a href="https://github.com/CycleINR/SlicerCycleINR#readme">documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -116,12 +119,14 @@ def registerSampleData():
 
 
 class ModelChoice(enum.Enum):
+    AUTO = "auto"  # --model auto: the core picks 'default' on CUDA, 'fast' on a CPU
     DEFAULT = "default"
     FAST = "fast"
     FILE = "file"
 
     def label(self):
-        return {"default": _("CycleINR (bundled, paper configuration)"),
+        return {"auto": _("Automatic (by device)"),
+                "default": _("CycleINR (bundled, paper configuration)"),
                 "fast": _("CycleINR fast (bundled, smaller)"),
                 "file": _("Weights file...")}[self.value]
 
@@ -142,7 +147,8 @@ class CycleINRSRParameterNode:
     outputVolume - the last result (a new node created by Apply), used for SNLI and the comparison.
     targetThickness - output slice spacing along K, in mm.
     device - auto, cpu or cuda.
-    modelChoice - bundled default / fast model, or a weights file (modelPath).
+    modelChoice - automatic (by device: paper-size on CUDA, fast on CPU), bundled default / fast model,
+                  or a weights file (modelPath).
     window, overlap, tile - advanced chunking; 0 means the core's default.
     adaptSeconds - "Adapt to this scan": fine-tune a copy of the model on the input first (0 = off).
     """
@@ -151,7 +157,7 @@ class CycleINRSRParameterNode:
     outputVolume: vtkMRMLScalarVolumeNode
     targetThickness: Annotated[float, WithinRange(0.05, 20.0), Decimals(3), SingleStep(0.25)] = 1.0
     device: Device = Device.AUTO
-    modelChoice: ModelChoice = ModelChoice.DEFAULT
+    modelChoice: ModelChoice = ModelChoice.AUTO
     modelPath: pathlib.Path
     window: Annotated[int, WithinRange(0, 512)] = 0
     overlap: Annotated[int, WithinRange(0, 256)] = 0
@@ -275,7 +281,7 @@ class CycleINRSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         useFile = p.modelChoice == ModelChoice.FILE
         self.ui.modelPathLineEdit.setVisible(useFile)
-        self.ui.modelInfoLabel.text = self.logic.describeModel(p)
+        self.ui.modelInfoLabel.text = self.logic.describeModel(p, self._deviceInfo)
         if not problem:
             problem = self.logic.modelProblem(p)
 
@@ -316,6 +322,7 @@ class CycleINRSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._deviceInfo = cycleinrProcess.parseDeviceProbe(self._probe.parser.lines) or {}
         self.ui.deviceInfoLabel.text = cycleinrProcess.describeDevices(self._deviceInfo)
         self._probe = None
+        self.updateGUI()  # the automatic model choice depends on the devices found
 
     # -- run
     def onApplyButton(self) -> None:
@@ -329,7 +336,7 @@ class CycleINRSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.startDeviceProbe()  # PyTorch was just installed: say what it sees
             self._job = self.logic.startUpsample(
                 self._parameterNode.inputVolume, self.logic.settingsFromParameterNode(self._parameterNode),
-                onProgress=self.onJobProgress, onFinished=self.onJobFinished)
+                onProgress=self.onJobProgress, onFinished=self.onJobFinished, onLine=self.onJobLine)
             self.ui.statusLabel.setVisible(True)
             self.ui.statusLabel.setStyleSheet("")
             self.ui.statusLabel.text = _("Starting (loading the model)...")
@@ -345,20 +352,32 @@ class CycleINRSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._probe is None and (self._job is None or not self._job.running):
             self._timer.stop()
 
+    def onJobLine(self, line: str) -> None:
+        """The CLI says which model it chose ('cycleinr: model fast (auto: small CPU model) on cpu')."""
+        chosen = cycleinrProcess.parseModelLine(line)
+        if chosen is not None:
+            self.ui.statusLabel.text = _("Loaded model {model} on {device}; reading the input...").format(
+                model=chosen[0], device=chosen[1])
+
+    def _withModel(self, text: str) -> str:
+        used = self._job.describeModelUsed() if self._job is not None else ""
+        return f"{text} ({used})" if used else text
+
     def onJobProgress(self, percent: float) -> None:
         self.ui.progressBar.value = int(round(percent))
         lines = self._job.process.parser.lines if self._job is not None and self._job.process else []
         if lines and "adapting" in lines[-1]:  # its own phase before upsampling (--adapt)
-            self.ui.statusLabel.text = _("Adapting to this scan... {percent:.0f}%").format(percent=percent)
+            text = _("Adapting to this scan... {percent:.0f}%").format(percent=percent)
         else:
-            self.ui.statusLabel.text = _("Upsampling... {percent:.0f}%").format(percent=percent)
+            text = _("Upsampling... {percent:.0f}%").format(percent=percent)
+        self.ui.statusLabel.text = self._withModel(text)
 
     def onJobFinished(self, job) -> None:
         self.ui.progressBar.setVisible(False)
         if job.state == job.SUCCEEDED:
             self.ui.statusLabel.setStyleSheet("")
-            self.ui.statusLabel.text = _("Created '{name}' in {seconds:.1f} s.").format(
-                name=job.outputNode.GetName(), seconds=job.seconds)
+            self.ui.statusLabel.text = self._withModel(_("Created '{name}' in {seconds:.1f} s").format(
+                name=job.outputNode.GetName(), seconds=job.seconds)) + "."
             if self._parameterNode is not None:
                 self._parameterNode.outputVolume = job.outputNode
             slicer.util.setSliceViewerLayers(background=job.outputNode, fit=True)
@@ -402,7 +421,7 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def modelSpec(parameterNode) -> str:
-        """'default', 'fast' or the weights file path, as the command line takes it."""
+        """'auto', 'default', 'fast' or the weights file path, as the command line takes it."""
         if parameterNode.modelChoice == ModelChoice.FILE:
             return str(parameterNode.modelPath)
         return parameterNode.modelChoice.value
@@ -423,7 +442,7 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
         job.start()
         return job
 
-    def upsample(self, inputVolume, targetThickness: float, model: str = "default", device: str = "auto",
+    def upsample(self, inputVolume, targetThickness: float, model: str = "auto", device: str = "auto",
                  window: int = 0, overlap: int = 0, tile: int = 0, timeout: float | None = None):
         """Synchronous run (batch use, self-test). Returns the finished job; raises RuntimeError on failure."""
         from CycleINRSRLib.upsampling import UpsampleSettings
@@ -468,13 +487,29 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
         return info, factor, ""
 
     @staticmethod
-    def describeModel(parameterNode) -> str:
+    def describeModel(parameterNode, deviceInfo=None) -> str:
+        """Which weights Apply will use; for Automatic, the model for the device (``deviceInfo``: the
+        device probe's result, needed when the device is Auto)."""
         choice = parameterNode.modelChoice
         if choice == ModelChoice.FILE:
             return ""
+        missing = _("Bundled weights not found (Resources/Models); reinstall the extension or pick a file.")
+        if choice == ModelChoice.AUTO:
+            device = parameterNode.device.value
+            chosen = cycleinrProcess.autoModel(device, deviceInfo)
+            if chosen is None:  # devices not detected yet
+                if not all(cycleinrProcess.bundledModelFile(m) for m in cycleinrProcess.BUNDLED_MODELS):
+                    return missing
+                return _("Automatic: the paper-size model (default) on a CUDA GPU, the small fast one on a CPU.")
+            path = cycleinrProcess.bundledModelFile(chosen)
+            if path is None:
+                return missing
+            onDevice = "cuda" if device == "cuda" or (device == "auto" and deviceInfo.get("cuda")) else "cpu"
+            return _("Automatic: {model} ({name}) on {device}").format(
+                model=chosen, name=os.path.basename(path), device=onDevice.upper())
         path = cycleinrProcess.bundledModelFile(choice.value)
         if path is None:
-            return _("Bundled weights not found (Resources/Models); reinstall the extension or pick a file.")
+            return missing
         return _("Weights: {name}").format(name=os.path.basename(path))
 
     @staticmethod
@@ -589,9 +624,13 @@ class CycleINRSRTest(ScriptedLoadableModuleTest):
         nodesBefore = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
         target = 1.5
 
-        job = logic.upsample(inputNode, target, model="fast", device="cpu", timeout=600)
+        # the panel's default model choice: Automatic, which the CLI resolves to 'fast' on the CPU
+        job = logic.upsample(inputNode, target, model="auto", device="cpu", timeout=600)
         out = job.outputNode
-        self.delayDisplay(f"Upsampled in {job.seconds:.1f} s")
+        self.delayDisplay(f"Upsampled in {job.seconds:.1f} s ({job.describeModelUsed()})")
+        self.assertEqual(job.deviceUsed, "cpu")
+        self.assertTrue((job.modelUsed or "").startswith("fast (auto"), job.modelUsed)
+        self.assertEqual(out.GetAttribute("CycleINR.Model"), job.modelUsed)
 
         self.assertIsNotNone(out)
         self.assertNotEqual(out.GetID(), inputNode.GetID())

@@ -24,9 +24,14 @@ from CycleINRSRLib import process as proc  # noqa: E402
 # ------------------------------------------------------------------------------------ command line
 
 def test_command_with_thickness_and_defaults():
+    """The panel's default model is 'auto' (the core chooses by device), and never --quiet: the panel
+    follows the progress lines and the 'cycleinr: model ... on ...' line."""
     cmd = proc.buildUpsampleCommand("py", "in.nrrd", "out.nrrd", thickness=1.25)
     assert cmd == ["py", "-m", "cycleinr", "upsample", "in.nrrd", "out.nrrd", "--thickness", "1.25",
-                   "--model", "default", "--device", "auto"]
+                   "--model", "auto", "--device", "auto"]
+    for model in ("default", "fast"):
+        cmd = proc.buildUpsampleCommand("py", "i", "o", thickness=1, model=model, adaptSeconds=5, reportPath="r")
+        assert cmd[cmd.index("--model") + 1] == model and "--quiet" not in cmd
 
 
 def test_command_with_everything():
@@ -74,26 +79,88 @@ def test_python_executable_outside_slicer():
 
 
 def test_models_and_resources_lookup(tmp_path, monkeypatch):
+    """The panel finds models with the core's own code (cycleinr.weights), so it agrees with the CLI."""
+    from cycleinr import weights
+
     monkeypatch.delenv("CYCLEINR_MODELS", raising=False)
-    module = tmp_path / "qt-scripted-modules"
-    (module / "Resources" / "Models").mkdir(parents=True)
-    (module / "Resources" / "SampleData").mkdir(parents=True)
-    assert proc.findModelsDir(str(module)) == str(module / "Resources" / "Models")
-    models = module / "Resources" / "Models"
-    assert proc.bundledModelFile("fast", str(models)) is None
+    assert proc.findModelsDir() == str(weights.models_dir())
+    for choice in ("default", "fast"):
+        try:
+            expected = str(weights.resolve(choice))
+        except weights.WeightsError:
+            expected = None
+        assert proc.bundledModelFile(choice) == expected
+    assert proc.bundledModelFile("auto") is None and proc.bundledModelFile("nonsense") is None
+    # $CYCLEINR_MODELS, when set, is the only folder searched (as in the core)
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setenv("CYCLEINR_MODELS", str(models))
+    assert proc.findModelsDir() == str(models)
+    assert proc.bundledModelFile("fast") is None
     (models / "cycleinr_fast.safetensors").write_bytes(b"x")
+    assert proc.bundledModelFile("fast") == str(models / "cycleinr_fast.safetensors")
+    assert proc.bundledModelFile("default") is None
+    monkeypatch.setenv("CYCLEINR_MODELS", str(tmp_path / "absent"))
+    assert proc.findModelsDir() == str(tmp_path / "absent")  # named explicitly: not silently bypassed
+    # an explicit folder
     assert proc.bundledModelFile("fast", str(models)) == str(models / "cycleinr_fast.safetensors")
+    assert proc.bundledModelFile("default", str(models)) is None
     assert proc.bundledModelFile("nonsense", str(models)) is None
+    module = tmp_path / "qt-scripted-modules"
+    (module / "Resources" / "SampleData").mkdir(parents=True)
     (module / "Resources" / "SampleData" / "s.nrrd").write_bytes(b"x")
     assert proc.findResourceFile("SampleData", "s.nrrd", str(module)).endswith("s.nrrd")
     assert proc.findResourceFile("SampleData", "other.nrrd", str(module)) is None
-    # source tree layout: <repo>/CycleINRSR (module dir) and <repo>/Resources
-    repo_module = tmp_path / "repo" / "CycleINRSR"
-    repo_module.mkdir(parents=True)
-    (tmp_path / "repo" / "Resources" / "Models").mkdir(parents=True)
-    assert proc.findModelsDir(str(repo_module)) == str(tmp_path / "repo" / "Resources" / "Models")
-    monkeypatch.setenv("CYCLEINR_MODELS", "/elsewhere")
-    assert proc.findModelsDir(str(repo_module)) == "/elsewhere"
+
+
+def _copy_core_and_helpers(site: Path) -> None:
+    """The core package and CycleINRSRLib, sources only, into ``site`` (a wheel's or Slicer's layout)."""
+    import shutil
+
+    for package in ("cycleinr", "CycleINRSRLib"):
+        shutil.copytree(ROOT / "CycleINRSR" / package, site / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "models"))
+
+
+def test_panel_finds_the_wheels_package_data_models_without_torch(tmp_path):
+    """A wheel ships the models as package data (cycleinr/models/); the panel finds them there first,
+    as cycleinr.weights.models_dir does, and locating them loads no torch into Slicer's process."""
+    site = tmp_path / "site"
+    _copy_core_and_helpers(site)
+    (site / "cycleinr" / "models").mkdir()
+    for name in ("cycleinr_fast.safetensors", "cycleinr_fast.json"):
+        (site / "cycleinr" / "models" / name).write_bytes(b"x")
+    (site / "Resources" / "Models").mkdir(parents=True)  # an extension's folder too: found after the wheel's
+    (site / "Resources" / "Models" / "cycleinr_paper.safetensors").write_bytes(b"x")
+    code = ("import json, sys\n"
+            "from CycleINRSRLib import process as p\n"
+            "import cycleinr\n"
+            "print(json.dumps([cycleinr.__file__, p.findModelsDir(), p.bundledModelFile('fast'),\n"
+            "                  p.bundledModelFile('default'), p.autoModel('cpu'), p.autoModel('cuda'),\n"
+            "                  'torch' in sys.modules]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "CYCLEINR_MODELS"}
+    env["PYTHONPATH"] = str(site)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                         cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    core, folder, fast, default, cpu, cuda, torch_loaded = json.loads(out.stdout)
+    assert Path(core).parent == site / "cycleinr"
+    assert folder == str(site / "cycleinr" / "models")
+    assert fast == str(site / "cycleinr" / "models" / "cycleinr_fast.safetensors")
+    assert default == str(site / "Resources" / "Models" / "cycleinr_paper.safetensors")
+    assert (cpu, cuda) == ("fast", "default")
+    assert torch_loaded is False
+
+
+def test_auto_model_follows_the_device():
+    from cycleinr.weights import model_for_device
+
+    assert proc.autoModel("cpu") == model_for_device("cpu") == "fast"
+    assert proc.autoModel("CUDA") == model_for_device("cuda") == "default"
+    assert proc.autoModel("auto") is None  # not known before the device probe has answered
+    assert proc.autoModel("auto", {"torch": None}) is None
+    assert proc.autoModel("auto", {"torch": "2.4", "cuda": []}) == "fast"
+    assert proc.autoModel("auto", {"torch": "2.4", "cuda": ["NVIDIA H200"]}) == "default"
 
 
 # ------------------------------------------------------------------------------------------- parsing
@@ -121,6 +188,19 @@ def test_parse_error_and_message():
     assert "exit code 1" in proc.errorMessage(["cycleinr: progress 1%"], 1)
 
 
+@pytest.mark.parametrize("line, chosen", [
+    ("cycleinr: model fast (auto: small CPU model) on cpu", ("fast (auto: small CPU model)", "cpu")),
+    ("cycleinr: model default (auto: paper-size model on CUDA) on cuda:0",
+     ("default (auto: paper-size model on CUDA)", "cuda:0")),
+    ("cycleinr: model /data/runs on disk/w.safetensors on cuda", ("/data/runs on disk/w.safetensors", "cuda")),
+    ("cycleinr: progress 10.0% (window 1/8)", None),
+    ("cycleinr: warning: intensities 0..4000 do not look like CT", None),
+    ("", None),
+])
+def test_parse_model_line(line, chosen):
+    assert proc.parseModelLine(line) == chosen
+
+
 def test_output_parser_handles_chunks_and_carriage_returns():
     seen = []
     parser = proc.OutputParser(onProgress=seen.append)
@@ -128,10 +208,15 @@ def test_output_parser_handles_chunks_and_carriage_returns():
                   "or: bad thing\nlast line without newline"]:
         parser.feed(chunk)
     assert seen == [10.0, 20.0]
+    assert parser.model is None
     assert parser.error == "bad thing"
     assert list(parser.lines)[-1] == "cycleinr: error: bad thing"
     parser.close()
     assert list(parser.lines)[-1] == "last line without newline"
+    parser = proc.OutputParser()
+    for chunk in ["cycleinr: model fast (auto: small", " CPU model) on cpu\r\n", "cycleinr: progress 5.0%\n"]:
+        parser.feed(chunk)
+    assert (parser.model, parser.device) == ("fast (auto: small CPU model)", "cpu")
 
 
 def test_device_probe_runs_here():
@@ -469,7 +554,27 @@ def test_job_success_creates_tagged_node(scene, tiny_weights):
         np.testing.assert_allclose(volumes.sliceCenterRAS(out, k), volumes.sliceCenterRAS(node, k / 2), atol=1e-6)
     assert upsampling.sourceOf(out) is node
     assert upsampling.reportOf(out)["output"]["sigmas"] == job.report["output"]["sigmas"]
+    # the model and device the CLI reported ('cycleinr: model ... on ...'), kept on the node
+    assert (job.modelUsed, job.deviceUsed) == (tiny_weights, "cpu")
+    assert job.describeModelUsed() == f"model {tiny_weights} on cpu"
+    assert out.GetAttribute("CycleINR.Model") == tiny_weights == job.report["model"]
     assert np.isfinite(job.snli("input")) and np.isfinite(job.snli("output"))
+
+
+def test_job_with_the_panels_default_model_choice(scene):
+    """The panel's default, 'auto', runs the bundled model the core picks for the device (on a CPU:
+    'fast'); the job and the result node say which."""
+    from CycleINRSRLib import upsampling
+
+    if proc.bundledModelFile("fast") is None:
+        pytest.skip("the bundled fast model is not in this checkout")
+    job = upsampling.UpsampleJob(add_volume(scene), upsampling.UpsampleSettings(2.0, device="cpu"))
+    job.start()
+    assert job.command[job.command.index("--model") + 1] == "auto"
+    assert job.wait(timeout=300) == job.SUCCEEDED, job.errorMessage
+    assert (job.modelUsed, job.deviceUsed) == ("fast (auto: small CPU model)", "cpu")
+    assert job.outputNode.GetAttribute("CycleINR.Model") == job.modelUsed == job.report["model"]
+    assert job.report["model_file"] == proc.bundledModelFile("fast")
 
 
 def test_job_cancel_leaves_scene_unchanged(scene, tiny_weights):
@@ -505,6 +610,7 @@ def test_job_failure_reports_reason_and_adds_nothing(scene, tmp_path):
 def test_job_validation(scene):
     from CycleINRSRLib import upsampling
 
+    assert upsampling.UpsampleSettings(1.0).model == "auto"  # the panel's default: chosen by device
     node = add_volume(scene)
     for settings, message in [
         (upsampling.UpsampleSettings(4.0), "smaller than the input"),
@@ -524,6 +630,8 @@ def test_importing_the_slicer_helpers_does_not_load_torch():
     code = ("import sys\n"
             "import CycleINRSRLib.dependencies, CycleINRSRLib.layout, CycleINRSRLib.process\n"
             "import CycleINRSRLib.upsampling, CycleINRSRLib.volumes\n"
+            "p = CycleINRSRLib.process\n"
+            "p.findModelsDir(), p.bundledModelFile('fast'), p.autoModel('cpu')  # the core's weights module\n"
             "print(sorted(m for m in ('torch', 'cycleinr.model', 'qt') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env=proc.buildEnvironment())

@@ -98,6 +98,24 @@ def test_module_structure_follows_template():
     assert "runTest" in test_methods and any(m.startswith("test_") for m in test_methods)
 
 
+def test_model_choice_defaults_to_automatic_by_device():
+    """The panel's first and default model choice is Automatic ('auto', which the core resolves by device);
+    the explicit bundled models and a weights file stay; the model the CLI chose reaches the status line."""
+    members = [(t.targets[0].id, ast.literal_eval(t.value)) for t in class_node("ModelChoice").body
+               if isinstance(t, ast.Assign)]
+    assert members == [("AUTO", "auto"), ("DEFAULT", "default"), ("FAST", "fast"), ("FILE", "file")]
+    assert '"auto": _("Automatic (by device)")' in module_source()
+    fields = {t.target.id: ast.unparse(t.value) for t in class_node("CycleINRSRParameterNode").body
+              if isinstance(t, ast.AnnAssign) and t.value is not None}
+    assert fields["modelChoice"] == "ModelChoice.AUTO"
+    widget = ast.unparse(class_node("CycleINRSRWidget"))
+    assert "onLine=self.onJobLine" in widget and "cycleinrProcess.parseModelLine(line)" in widget
+    assert "self.logic.describeModel(p, self._deviceInfo)" in widget
+    logic = {f.name: f for f in class_node("CycleINRSRLogic").body if isinstance(f, ast.FunctionDef)}
+    assert ast.unparse(logic["upsample"].args.defaults[0]) == "'auto'"
+    assert "cycleinrProcess.autoModel(" in ast.unparse(logic["describeModel"])
+
+
 def test_every_self_test_method_stands_alone():
     """ctest runs each test_* method alone, in alphabetical order: each prepares dependencies and the
     model itself before it runs the module (the tier-3 test itself needs a real Slicer)."""

@@ -28,6 +28,8 @@ PROGRESS_PATTERN = re.compile(r"progress (\d+(?:\.\d+)?)%")
 ERROR_PREFIX = "cycleinr: error:"
 DEVICES = ("auto", "cpu", "cuda")
 BUNDLED_MODELS = {"default": "cycleinr_paper", "fast": "cycleinr_fast"}
+AUTO_MODEL = "auto"  # the core picks by device: 'default' on CUDA, 'fast' on a CPU (weights.model_for_device)
+MODEL_PATTERN = re.compile(r"cycleinr: model (.+) on (\S+)\s*$")  # the CLI's stderr line (not under --quiet)
 EXIT_BAD_INPUT = 2
 
 logger = logging.getLogger("CycleINR")
@@ -41,32 +43,58 @@ def corePackageParent() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def modelsDirCandidates(moduleDir: str | None = None) -> list[str]:
-    """Where bundled weights may be, in the order the core's ``cycleinr.weights.models_dir`` looks:
-    <module dir>/Resources/Models (installed extension) then <module dir>/../Resources/Models (source)."""
-    moduleDir = moduleDir or corePackageParent()
-    return [os.path.join(moduleDir, "Resources", "Models"),
-            os.path.join(os.path.dirname(moduleDir), "Resources", "Models")]
+def _coreWeights():
+    """The core's ``cycleinr.weights`` (it imports numpy and SimpleITK, never torch), or None if the core
+    cannot be imported here; the panel then says the weights were not found instead of failing."""
+    try:
+        from cycleinr import weights
+    except ImportError as exc:
+        logger.warning("CycleINR: cannot import the core package to locate models (%s)", exc)
+        return None
+    return weights
 
 
-def findModelsDir(moduleDir: str | None = None) -> str | None:
-    """$CYCLEINR_MODELS if set, else the first candidate folder that exists, else None."""
-    env = os.environ.get("CYCLEINR_MODELS")
-    if env:
-        return env
-    for candidate in modelsDirCandidates(moduleDir):
-        if os.path.isdir(candidate):
-            return candidate
-    return None
+def findModelsDir() -> str | None:
+    """The folder the core looks in first for bundled models (``cycleinr.weights.models_dir``, the same
+    code the background process runs): $CYCLEINR_MODELS when set (then the only folder searched), else
+    the first that exists of the package's own ``models/`` (a wheel's package data), the installed
+    extension's Resources/Models and the source tree's Resources/Models; None if none exists."""
+    weights = _coreWeights()
+    if weights is None:
+        return None
+    folder = weights.models_dir()
+    return str(folder) if os.environ.get("CYCLEINR_MODELS") or folder.is_dir() else None
 
 
 def bundledModelFile(choice: str, modelsDir: str | None = None) -> str | None:
-    """Path of a bundled model's .safetensors ('default' or 'fast') if present, else None."""
-    modelsDir = modelsDir if modelsDir is not None else findModelsDir()
-    if choice not in BUNDLED_MODELS or not modelsDir:
+    """Path of a bundled model's .safetensors ('default' or 'fast') if present, else None. Without
+    ``modelsDir``, found exactly as the background process will find it (``cycleinr.weights.resolve``)."""
+    if choice not in BUNDLED_MODELS:
         return None
-    path = os.path.join(modelsDir, BUNDLED_MODELS[choice] + ".safetensors")
-    return path if os.path.isfile(path) else None
+    if modelsDir is not None:
+        path = os.path.join(modelsDir, BUNDLED_MODELS[choice] + ".safetensors")
+        return path if os.path.isfile(path) else None
+    weights = _coreWeights()
+    if weights is None:
+        return None
+    try:
+        path = weights.resolve(choice)
+    except weights.WeightsError:
+        return None
+    return str(path) if path.is_file() else None
+
+
+def autoModel(device: str, deviceInfo: dict | None = None) -> str | None:
+    """The bundled model that ``--model auto`` will use (the core's ``model_for_device``: 'default' on
+    CUDA, 'fast' on a CPU) for the panel's device choice; for device 'auto' it needs the device probe's
+    result (``parseDeviceProbe``), else None (not known yet)."""
+    device = str(device).lower()
+    if device == "auto":
+        if not deviceInfo or not deviceInfo.get("torch"):
+            return None
+        device = "cuda" if deviceInfo.get("cuda") else "cpu"
+    weights = _coreWeights()
+    return weights.model_for_device(device) if weights is not None else None
 
 
 def findResourceFile(subfolder: str, name: str, moduleDir: str | None = None) -> str | None:
@@ -107,19 +135,21 @@ def _positive(name: str, value) -> float:
 
 
 def buildUpsampleCommand(python: str, inputPath: str, outputPath: str, *, thickness: float | None = None,
-                         factor: float | None = None, model: str = "default", device: str = "auto",
+                         factor: float | None = None, model: str = AUTO_MODEL, device: str = "auto",
                          window: int | None = None, overlap: int | None = None, tile: int | None = None,
                          reportPath: str | None = None, adaptSeconds: float | None = None) -> list[str]:
     """Argument list of ``python -m cycleinr upsample``. Exactly one of ``thickness`` (target slice
     spacing, mm) or ``factor``. ``window``/``overlap``/``tile`` of None or 0 mean the core's default
-    (the flag is left out); overlap may be 0 only when set explicitly with a window."""
+    (the flag is left out); overlap may be 0 only when set explicitly with a window. ``model`` is 'auto'
+    (chosen by device), 'default', 'fast' or a weights file. Never ``--quiet``: the panel follows the
+    progress lines and the ``cycleinr: model ... on ...`` line."""
     if (thickness is None) == (factor is None):
         raise ValueError("give exactly one of thickness (mm) or factor")
     device = str(device).lower()
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if not model:
-        raise ValueError("no model given: choose 'default', 'fast' or a weights file")
+        raise ValueError("no model given: choose 'auto', 'default', 'fast' or a weights file")
     command = [python, "-m", "cycleinr", "upsample", str(inputPath), str(outputPath)]
     if thickness is not None:
         command += ["--thickness", repr(_positive("target thickness", thickness))]
@@ -216,6 +246,13 @@ def parseErrorLine(line: str) -> str | None:
     return line[index + len(ERROR_PREFIX):].strip() or "unknown error"
 
 
+def parseModelLine(line: str) -> tuple[str, str] | None:
+    """(model, device) from the CLI's ``cycleinr: model <model> on <device>`` line, e.g.
+    ('fast (auto: small CPU model)', 'cpu'), else None."""
+    match = MODEL_PATTERN.search(line or "")
+    return (match.group(1).strip(), match.group(2)) if match else None
+
+
 def errorMessage(lines, returnCode: int | None) -> str:
     """What to show the user when the process failed: the last ``cycleinr: error:`` reason if any, else
     the last meaningful output lines (e.g. a traceback's last line), else the exit status."""
@@ -240,7 +277,7 @@ class OutputParser:
     """Incremental parser of the process's output: decodes UTF-8 incrementally (a character split between
     two reads stays whole), splits on newlines and carriage returns (tqdm-style updates), logs every line
     to ``logger`` (so a failure's whole traceback is in Slicer's log), keeps the last ``maxLines`` lines,
-    the latest progress and the latest error reason."""
+    the latest progress, the latest error reason and the model and device the CLI chose."""
 
     def __init__(self, onProgress: Callable[[float], None] | None = None,
                  onLine: Callable[[str], None] | None = None, maxLines: int = 500, logPrefix: str = "CycleINR: "):
@@ -250,6 +287,8 @@ class OutputParser:
         self.lines = collections.deque(maxlen=maxLines)
         self.progress: float | None = None
         self.error: str | None = None
+        self.model: str | None = None     # from 'cycleinr: model <model> on <device>'
+        self.device: str | None = None
         self._partial = ""
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -281,6 +320,9 @@ class OutputParser:
         reason = parseErrorLine(line)
         if reason is not None:
             self.error = reason
+        chosen = parseModelLine(line)
+        if chosen is not None:
+            self.model, self.device = chosen
 
 
 # ------------------------------------------------------------------------------------------------ runner

@@ -20,11 +20,12 @@ from . import volumes
 
 @dataclass
 class UpsampleSettings:
-    """What the panel asks for. ``model`` is 'default', 'fast' or a weights file path; window, overlap and
-    tile of 0 mean the core's defaults."""
+    """What the panel asks for. ``model`` is 'auto' (the core chooses by device: the paper-size 'default'
+    on CUDA, 'fast' on a CPU), 'default', 'fast' or a weights file path; window, overlap and tile of 0
+    mean the core's defaults."""
 
     targetThickness: float
-    model: str = "default"
+    model: str = proc.AUTO_MODEL
     device: str = "auto"
     window: int = 0
     overlap: int = 0
@@ -46,7 +47,8 @@ def validateSettings(inputNode, settings: UpsampleSettings) -> None:
     if t >= spacing - 1e-9:
         raise ValueError(f"The target slice thickness ({t:g} mm) must be smaller than the input's slice "
                          f"spacing ({spacing:g} mm).")
-    if settings.model not in proc.BUNDLED_MODELS and not os.path.isfile(str(settings.model)):
+    if (settings.model != proc.AUTO_MODEL and settings.model not in proc.BUNDLED_MODELS
+            and not os.path.isfile(str(settings.model))):
         raise ValueError(f"Model weights file not found: {settings.model}")
     if settings.window and settings.overlap and settings.overlap >= settings.window:
         raise ValueError("The window overlap must be smaller than the window.")
@@ -58,12 +60,14 @@ REPORT_ATTRIBUTE = "CycleINR.Report"
 SOURCE_REFERENCE = "CycleINRSource"
 
 
-def tagResult(outputNode, inputNode, report: dict | None, settings: UpsampleSettings) -> None:
+def tagResult(outputNode, inputNode, report: dict | None, settings: UpsampleSettings,
+              modelUsed: str | None = None) -> None:
     """Remember on the output node where it came from (node reference, kept when the scene is saved) and
-    the report (SNLI, sigmas), so the panel can show and compare any earlier result."""
+    the report (SNLI, sigmas), so the panel can show and compare any earlier result. CycleINR.Model is
+    the model the CLI used (e.g. 'fast (auto: small CPU model)') when known, else the setting."""
     outputNode.SetNodeReferenceID(SOURCE_REFERENCE, inputNode.GetID())
     outputNode.SetAttribute("CycleINR.TargetThickness", f"{float(settings.targetThickness):g}")
-    outputNode.SetAttribute("CycleINR.Model", str(settings.model))
+    outputNode.SetAttribute("CycleINR.Model", str(modelUsed or settings.model))
     if report is not None:
         outputNode.SetAttribute(REPORT_ATTRIBUTE, json.dumps(report))
 
@@ -143,6 +147,19 @@ class UpsampleJob:
         return (self.process.progress or 0.0) if self.process is not None else 0.0
 
     @property
+    def modelUsed(self) -> str | None:
+        """The model the CLI chose, from its ``cycleinr: model ... on ...`` line (None until it is printed)."""
+        return self.process.parser.model if self.process is not None else None
+
+    @property
+    def deviceUsed(self) -> str | None:
+        return self.process.parser.device if self.process is not None else None
+
+    def describeModelUsed(self) -> str:
+        """'model fast (auto: small CPU model) on cpu', or '' before the CLI has said."""
+        return f"model {self.modelUsed} on {self.deviceUsed}" if self.modelUsed else ""
+
+    @property
     def temporaryFolder(self) -> str | None:
         return self._tmp.path if self._tmp is not None else None
 
@@ -159,7 +176,9 @@ class UpsampleJob:
                 device=self.settings.device, window=self.settings.window or None,
                 overlap=self.settings.overlap or None, tile=self.settings.tile or None,
                 reportPath=self._tmp.file("report.json"), adaptSeconds=self.settings.adaptSeconds or None)
-            env = proc.buildEnvironment(modelsDir=proc.findModelsDir())
+            # No CYCLEINR_MODELS of our own: the core in the background process looks for the bundled
+            # models where the panel's proc.bundledModelFile (the same core code) found them.
+            env = proc.buildEnvironment()
             self.process = proc.UpsampleProcess(self.command, env=env, cwd=self._tmp.path,
                                                 onProgress=self.onProgress, onLine=self.onLine)
             logging.info("CycleINR: " + " ".join(self.command))
@@ -229,8 +248,10 @@ class UpsampleJob:
                 node = volumes.addResultVolumeNode(
                     self.inputNode, self._tmp.file("output.nrrd"), target, name=self.outputName)
                 self.outputNode = node
-                tagResult(node, self.inputNode, self.report, self.settings)
+                tagResult(node, self.inputNode, self.report, self.settings, modelUsed=self.modelUsed)
                 self.state = self.SUCCEEDED
+                logging.info("CycleINR: created %s in %.1f s (%s)", node.GetName(), self.seconds,
+                             self.describeModelUsed() or f"model {self.settings.model}")
         except Exception as exc:  # noqa: BLE001 - reported to the user, never leaves a half-made node
             logging.exception("CycleINR: could not load the result")
             self.state = self.FAILED
