@@ -1,16 +1,20 @@
 """Training loop: losses, checkpoint + exact resume, cancel, and the weights it writes."""
 
+import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from cycleinr import Cancelled, load_model
+from cycleinr import train as train_module
+from cycleinr.config import preset
 from cycleinr.data import Volume, sample_batch
 from cycleinr.train import TrainSettings, losses, train
 
-from conftest import TINY, phantom
+from conftest import TINY, make_model, phantom
 
 VOLUMES = [Volume(phantom((20, 24, 24), seed=1).astype(np.float32), "phantom", (0, 1))]
 
@@ -82,3 +86,152 @@ def test_settings_are_validated(tmp_path):
         TrainSettings(cycle_weight=-1)
     with pytest.raises(ValueError, match="safetensors"):
         train(VOLUMES, settings(), tmp_path / "w.pt")
+
+
+# ------------------------------------------------------------------- cycle loss at decimal scales
+
+class Recorder(torch.nn.Module):
+    """Wraps a model: records every call's input and positions and keeps the first pass's output (the
+    generated HR block) with its gradient, or detached (then only the second pass gets gradient)."""
+
+    def __init__(self, model, detach_first=False):
+        super().__init__()
+        self.model, self.detach_first, self.calls, self.pred = model, detach_first, [], None
+
+    def forward(self, lr, z):
+        out = self.model(lr, z)
+        self.calls.append((lr, z.clone()))
+        if len(self.calls) == 1:
+            out = out.detach() if self.detach_first else out
+            if not self.detach_first:
+                out.retain_grad()
+            self.pred = out
+        return out
+
+
+RAMP = np.arange(40, dtype=np.float32)[:, None, None] * 10 + np.linspace(-200, 200, 16 * 16, dtype=np.float32
+                                                                          ).reshape(1, 16, 16)
+
+
+def decimal_batch(scale, lr_slices, volume=RAMP, mode="interval", patch=12, seed=0):
+    return sample_batch(np.random.default_rng(seed), [Volume(volume, "v")], 2, lr_slices, patch,
+                        scale_range=(scale, scale), mode=mode, augment=False)
+
+
+@pytest.mark.parametrize("scale, lr_slices, kept", [(2.5, 5, 5), (3.3, 4, 3)])
+def test_cycle_resamples_the_generated_block_at_the_lr_positions(scale, lr_slices, kept):
+    """The second pass takes the first pass's output as its input and queries it at z = j * r (HR-index
+    units); an LR slice past the block's last HR slice (9.9 > 9 at r = 3.3) is left out."""
+    batch = decimal_batch(scale, lr_slices)
+    rec = Recorder(make_model())
+    losses(rec, batch, 1.0, "cpu")
+    (lr1, z1), (lr2, z2) = rec.calls
+    span = batch.hr.shape[1]
+    assert np.allclose(z1.numpy(), np.arange(span) / scale)                # HR slice k at LR index k / r
+    assert torch.equal(lr2[:, 0], rec.pred) and lr2.shape[2] == span
+    assert np.allclose(z2.numpy(), np.arange(kept) * scale) and bool((z2 <= span - 1).all())
+
+
+def test_cycle_of_exact_interpolation_is_zero_only_at_the_right_positions():
+    """A model that is exactly linear interpolation (zero decoder output) reproduces a z-ramp, so the
+    cycle of a decimal-scale ramp is zero; queried half a thin slice off, it is not."""
+    model = make_model()
+    torch.nn.init.zeros_(model.decoder.layers[-1].weight)
+    torch.nn.init.zeros_(model.decoder.layers[-1].bias)
+    batch = decimal_batch(3.3, 4)
+    with torch.no_grad():
+        parts = losses(model, batch, 1.0, "cpu")
+        assert parts["fit"] < 1e-6 and parts["cycle"] < 1e-6
+        batch.z_lr = batch.z_lr + 0.5
+        assert losses(model, batch, 1.0, "cpu")["cycle"] > 1e-3
+
+
+def test_cycle_gradient_reaches_both_passes():
+    """The cycle term alone (no fit) sends gradient into the generated block ``pred`` and so into the
+    first pass, and into the parameters through the second pass too."""
+    batch = sample_batch(np.random.default_rng(2), VOLUMES, 2, 4, 12, scale_range=(3.3, 3.3))
+
+    def grads(detach_first):
+        rec = Recorder(make_model(), detach_first)
+        losses(rec, batch, 1.0, "cpu")["cycle"].backward()
+        return rec, [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in rec.model.parameters()]
+
+    full, g_full = grads(False)
+    assert full.pred.grad is not None and full.pred.grad.abs().sum() > 0
+    _, g_second = grads(True)                                               # second pass only
+    assert g_second[0].abs().sum() > 0 and sum(g.abs().sum() for g in g_second) > 0   # encoder head too
+    assert sum((a - b).abs().sum() for a, b in zip(g_full, g_second, strict=True)) > 0  # plus the first pass
+
+
+# ----------------------------------------------------------------------------- loss on the core
+
+def test_margin_default_is_the_context_bounded_by_the_patch():
+    assert TrainSettings(patch=32).margin(preset("paper")) == 8            # context 21, a quarter of 32
+    assert TrainSettings(patch=32).margin(preset("fast")) == 7             # fast: context radius 7
+    assert TrainSettings(patch=32).margin(preset("paper", window_margin=5)) == 5   # measured context
+    assert TrainSettings(patch=32, loss_margin=0).margin(preset("paper")) == 0
+    for bad in (-2, 16):
+        with pytest.raises(ValueError, match="margin"):
+            TrainSettings(patch=32, loss_margin=bad)
+
+
+def perturbed_border(a: np.ndarray, margin: int, seed: int) -> np.ndarray:
+    b = a.copy()
+    noise = np.random.default_rng(seed).normal(0, 1, a.shape).astype(a.dtype)
+    ring = np.ones(a.shape[-2:], bool)
+    ring[margin:-margin, margin:-margin] = False
+    b[..., ring] += noise[..., ring]
+    return b
+
+
+def test_loss_ignores_the_border():
+    """With a margin, changing the targets outside the core changes neither term; without one, it does.
+    The cycle is checked with a per-pixel model (exact interpolation), whose core does not see the LR
+    border, so that changing the LR border only changes what the cycle compares outside the core."""
+    batch = sample_batch(np.random.default_rng(4), VOLUMES, 2, 4, 12, scale_range=(2.7, 2.7))
+    model, m = make_model(), 3
+    with torch.no_grad():
+        before = losses(model, batch, 1.0, "cpu", margin=m)
+        batch_b = sample_batch(np.random.default_rng(4), VOLUMES, 2, 4, 12, scale_range=(2.7, 2.7))
+        batch_b.hr = perturbed_border(batch.hr, m, 1)
+        after = losses(model, batch_b, 1.0, "cpu", margin=m)
+        assert torch.equal(before["fit"], after["fit"]) and torch.equal(before["total"], after["total"])
+        assert not torch.isclose(losses(model, batch, 1.0, "cpu")["fit"], losses(model, batch_b, 1.0, "cpu")["fit"])
+
+        torch.nn.init.zeros_(model.decoder.layers[-1].weight)
+        torch.nn.init.zeros_(model.decoder.layers[-1].bias)
+        batch_b.hr, batch_b.lr = batch.hr, perturbed_border(batch.lr, m, 2)
+        before, after = losses(model, batch, 1.0, "cpu", margin=m), losses(model, batch_b, 1.0, "cpu", margin=m)
+        assert torch.allclose(before["cycle"], after["cycle"]) and torch.allclose(before["fit"], after["fit"])
+        assert not torch.isclose(losses(model, batch, 1.0, "cpu")["cycle"],
+                                 losses(model, batch_b, 1.0, "cpu")["cycle"])
+
+
+def test_training_scores_the_core_by_default(tmp_path, monkeypatch):
+    seen = []
+    real = train_module.losses
+
+    def spy(*args, **kw):
+        seen.append(args[5] if len(args) > 5 else kw.get("margin", 0))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train_module, "losses", spy)
+    train(VOLUMES, settings(epochs=1, iterations_per_epoch=1), tmp_path / "w.safetensors", device="cpu")
+    assert seen == [3]                               # TINY: context 5, patch 12 -> a quarter, 3
+
+
+def test_settings_saved_before_issue_11_keep_their_meaning():
+    """Runs saved without the newer fields reload with the behaviour they had (no loss margin, their
+    own degradation), and new settings round-trip."""
+    saved = json.loads((Path(__file__).resolve().parents[1] / "Resources" / "Models" / "cycleinr_fast.json"
+                        ).read_text())["training"]["settings"]
+    old = TrainSettings.from_dict(saved)
+    assert old.loss_margin == 0 and old.degradation == saved["degradation"] and old.patch == saved["patch"]
+    from dataclasses import asdict
+    new = TrainSettings(loss_margin=5)
+    assert TrainSettings.from_dict(json.loads(json.dumps(asdict(new)))) == new
+    assert TrainSettings() != TrainSettings.from_dict({})                    # the new defaults are not legacy
+    with pytest.raises(ValueError, match="unknown"):
+        TrainSettings.from_dict({**saved, "warp": 1})
+    with pytest.raises(ValueError, match="degradation"):
+        TrainSettings(degradation="box")

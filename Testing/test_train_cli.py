@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import io
 import os
+import re
 import shutil
 import signal
 import socket
@@ -285,6 +286,48 @@ def test_slicer_style_command_line_parses_to_the_defaults(tmp_path):
     assert train_cli._split_paths(args.training) == ["a.nrrd", "b.nii.gz"]
     settings = train_cli.settings_from_args(args)
     assert settings == TrainSettings(model_overrides={"neighbours": 0})
+
+
+def test_xml_contributor_names_people_and_organization():
+    """Slicer's extension index wants "Firstname Lastname (Organization)", as the extension's CMakeLists."""
+    contributor = ET.fromstring(XML_FILE.read_bytes()).findtext("contributor")
+    assert re.fullmatch(r"[^(),]+ \([^(),]+\)", contributor), contributor
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    assert f'set(EXTENSION_CONTRIBUTORS "{contributor}")' in cmake
+
+
+def test_issue_11_options_reach_the_settings_and_the_model():
+    args = train_cli.build_argparser().parse_args(["-i", "a", "-o", "w.safetensors", "--residual", "none",
+                                                   "--loss_margin", "2", "--degradation", "interval",
+                                                   "--loss", "l2"])
+    settings = train_cli.settings_from_args(args)
+    assert settings.model_overrides == {"residual": "none"} and settings.loss_margin == 2
+    assert settings.degradation == "interval" and settings.loss == "l2"
+    defaults = train_cli.settings_from_args(train_cli.build_argparser().parse_args(["-i", "a", "-o", "w.safetensors"]))
+    assert defaults.model_overrides == {} and defaults.degradation == "interval_matched"
+    assert defaults.loss_margin == -1
+    with pytest.raises(SystemExit):
+        train_cli.build_argparser().parse_args(["-i", "a", "-o", "w.safetensors", "--residual", "cubic"])
+    help_text = train_cli.build_argparser().format_help()
+    assert "--loss {l1,l2}" in help_text and "--residual {linear,none}" in help_text
+
+
+def test_residual_none_trains_loads_and_upsamples(tmp_path, volume_file):
+    """The paper's literal form (no residual over linear interpolation) from the command line: the written
+    weights load as residual 'none' and upsample a volume."""
+    from cycleinr.inference import upsample
+    from cycleinr.weights import load_model
+
+    out = tmp_path / "none.safetensors"
+    assert train_main("-i", volume_file, "-o", out, *TINY, "--epochs", "2", "--iterations", "1",
+                      "--residual", "none", "--scale_min", "2.5", "--scale_max", "2.5") == 0
+    model = load_model(out)
+    assert model.config.residual == "none"
+    assert load_tensors(out)[1]["training"]["settings"]["model_overrides"]["residual"] == "none"
+    lr = phantom((6, 20, 22), seed=5).astype(np.float32)
+    result = upsample(lr, (0.7, 0.7, 2.0), factor=2, model=model, device="cpu")
+    assert result.array.shape == (11, 20, 22) and np.isfinite(result.array).all()
+    assert not np.allclose(result.array[1::2], (lr[:-1] + lr[1:]) / 2, atol=1.0)   # not linear interpolation
 
 
 def test_size_overrides_keep_the_decoder_skip_inside():

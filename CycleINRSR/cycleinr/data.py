@@ -1,8 +1,9 @@
 """Training pairs synthesized on the fly from thin-slice (HR) volumes.
 
 Each draw picks a scale r in [scale_min, scale_max] with one decimal (the paper's protocol), a volume, a
-slice axis, and a random block; it degrades the block to ``lr_slices`` thick slices (``degrade``) and keeps
-every HR slice from the first to the last LR slice as the target. The target slice positions, in LR
+slice axis, and a random block; it degrades the block to ``lr_slices`` thick slices (``degrade``; matched
+modes draw their noise from the same generator) and keeps every HR slice from the first to the last LR
+slice as the target. The target slice positions, in LR
 slice-index units, are ``k / r``: decimal r needs no coincidence between LR and HR slices.
 Only numpy's Generator is used, so a saved generator state resumes the exact same stream of pairs.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .degrade import degradation_matrix, lr_positions
+from .degrade import degrade_block, lr_positions
 from .volume_io import VolumeError, read_volume
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -124,8 +125,7 @@ def sample_batch(rng: np.random.Generator, volumes: list[Volume], batch_size: in
         block = _augment(rng, block, noise_hu) if augment else np.ascontiguousarray(block, dtype=np.float32)
         first = z0 - lo
         pos = lr_positions(block.shape[0], scale, first)[:lr_slices]
-        wmat = degradation_matrix(block.shape[0], pos, scale, mode)
-        lrs.append(np.tensordot(wmat, block, axes=(1, 0)))
+        lrs.append(degrade_block(block, pos, scale, mode, rng))
         hrs.append(block[first:first + span])
     norm = lambda a: ((np.stack(a) - offset) / scale_hu).astype(np.float32)  # noqa: E731
     z_hr = np.arange(span, dtype=np.float32) / scale

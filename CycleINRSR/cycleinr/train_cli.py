@@ -140,6 +140,11 @@ PARAMETERS: tuple[Param, ...] = (
     Param("no_lam", "boolean", "Disable local attention (LAM)",
           "Sample latent codes by plain trilinear interpolation instead of the 27-neighbour local attention "
           "mechanism (the paper's 'no LAM' ablation).", "model", default=False),
+    Param("residual", "string-enumeration", "Output form",
+          "'linear': the network predicts a correction to linear interpolation between the thick slices "
+          "(starts at linear interpolation; useful after short CPU runs); 'none': it predicts the intensity "
+          "itself, the paper's literal form, which decodes acquired and generated slices alike but needs "
+          "longer training.", "model", default=PRESETS["paper"].residual, choices=("linear", "none")),
 
     _setting("scale_min", "double", "Smallest scale",
              "Smallest simulated slice-spacing ratio (thick / thin) of the training pairs.", "training", decimals=1),
@@ -147,14 +152,23 @@ PARAMETERS: tuple[Param, ...] = (
              "Largest simulated ratio; scales are drawn uniformly with one decimal between the two.", "training",
              decimals=1),
     _setting("degradation", "string-enumeration", "Thick-slice model",
-             "How thick slices are simulated: 'interval' keeps every r-th thin slice (the paper's protocol), "
-             "'slab' averages the thin slices over each thick slice's extent.", "training", choices=MODES),
+             "How thick slices are simulated: 'interval' keeps every r-th thin slice, interpolating between two "
+             "at decimal scales (the paper's protocol); 'slab' averages the thin slices over each thick slice's "
+             "extent. The '_matched' variants add the noise that averaging removed, so every simulated slice "
+             "carries the noise of a real one (interpolated slices otherwise have 0.71-1.0 of it).", "training",
+             choices=MODES),
     _setting("cycle_weight", "double", "Cycle-loss weight (lambda)",
              "Weight of the cycle-consistent loss of Eq. 9; 0 disables it (the paper's 'no CCL' ablation).",
              "training", decimals=2),
     _setting("loss", "string-enumeration", "Loss norm",
-             "Norm of the fit and cycle losses: 'l1' as in the paper, or 'l2', which learns edges faster in "
-             "short (CPU) runs.", "training", choices=("l1", "l2")),
+             "Norm of the fit and cycle losses: 'l1' as in the paper (the median: it keeps more of the "
+             "noise texture), or 'l2' (the mean: higher PSNR, smoother slices; its gradient grows with the error, "
+             "so it learns edges faster in short CPU runs).", "training", choices=("l1", "l2")),
+    _setting("loss_margin", "integer", "Loss margin (pixels)",
+             "In-plane pixels cut from every side of a patch before the losses are computed, so that only codes "
+             "that do not see the patch's zero padding (which inference never shows them) are trained. "
+             "-1: automatic, the network's context but at most a quarter of the patch; 0: score the whole patch.",
+             "training"),
     _setting("epochs", "integer", "Epochs",
              "Epochs to train (in total, counting those of a resumed checkpoint).", "training"),
     _setting("learning_rate", "double", "Learning rate", "Adam learning rate.", "training", decimals=6),
@@ -208,7 +222,7 @@ def sem_xml() -> str:
     root = ET.Element("executable")
     header = (("category", CATEGORY), ("title", "CycleINR Train"), ("description", DESCRIPTION),
               ("version", __version__), ("documentation-url", "https://github.com/CycleINR/SlicerCycleINR/blob/main/CycleINRTrain/README.md"), ("license", "Apache-2.0"),
-              ("contributor", "CycleINR Slicer extension contributors"),
+              ("contributor", "CycleINR developers (CycleINR project)"),
               ("acknowledgements", "Method: W. Fang et al., CycleINR: Cycle Implicit Neural Representation for "
                                    "Arbitrary-Scale Volumetric Super-Resolution of Medical Data, CVPR 2024."))
     for tag, text in header:
@@ -351,6 +365,8 @@ def _model_overrides(args) -> dict:
         overrides["skip_layer"] = max(1, layers // 2)
     if args.no_lam:
         overrides["neighbours"] = 0
+    if args.residual != base.residual:
+        overrides["residual"] = args.residual
     preset(args.preset, **overrides)          # raises ValueError for an impossible configuration
     return overrides
 

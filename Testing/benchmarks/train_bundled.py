@@ -5,8 +5,9 @@
         --resume runs/models/cycleinr_paper.ckpt.safetensors --halve-every 75      # continue, slower decay
 
 Head CT training slab in every orientation (slices 0-75; in-plane axes as extra slice axes) plus the
-5 mm chest CT's in-plane axes only. Interval-sampling degradation, scales 2.0-6.0, cycle loss and local
-attention on. The learning rate is higher than the paper's 1e-4 and the loss is L2, not L1, because a CPU
+5 mm chest CT's in-plane axes only. Scales 2.0-6.0, cycle loss and local attention on; degradation and
+loss margin are TrainSettings' defaults (noise-matched interval sampling, loss on the patch core since
+issue 11; the models bundled before it used plain interval sampling and no margin). The learning rate is higher than the paper's 1e-4 and the loss is L2, not L1, because a CPU
 run has an hour, not 3000 epochs: L1's gradient is the same for every voxel, so the noise of flat regions
 drowns the edges that linear interpolation gets wrong, and L1 runs stayed at linear interpolation.
 """
