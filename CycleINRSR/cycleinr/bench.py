@@ -52,8 +52,8 @@ def flops_breakdown(config, n_lr_slices: int, n_out_slices: int, plane: int, z=N
         z = np.linspace(0, n_lr_slices - 1, n_out_slices) if n_out_slices > 1 else np.zeros(n_out_slices)
     entries, anchors, most = decoder_plan(c, n_lr_slices, z) if n_out_slices else (0, 0, 0)
     conv = 27 * (1 * c.features + c.encoder_blocks * c.convs_per_block * c.features ** 2 + c.features * c.code_length)
-    dims_in = [3 + c.code_length] + [c.decoder_width] * (c.decoder_layers - 1)
-    dims_in[c.skip_layer] = c.decoder_width + 3 + c.code_length
+    dims_in = [c.code_length] + [c.decoder_width] * (c.decoder_layers - 1)   # the local coordinate is a
+    dims_in[c.skip_layer] = c.decoder_width + c.code_length                  # rank-one term, not a matmul
     dims_out = [c.decoder_width] * (c.decoder_layers - 1) + [1]
     decoder = sum(i * o for i, o in zip(dims_in, dims_out, strict=True))
     attention = c.neighbours > 0
@@ -233,7 +233,8 @@ def run(args) -> int:
         print(f"bench: {device} {dtype} matmul peak {peaks[device] / 1e9:.1f} GFLOP/s", file=sys.stderr)
         for method in [*args.presets, BASELINE] if device == devices[0] else args.presets:
             where = "cpu" if method == BASELINE else device  # interpolation is numpy: CPU only
-            print(f"bench: {where} {method} ({args.slices}x{args.size}x{args.size}, x{args.factor:g})...",
+            shape = args.volume or f"{args.slices}x{args.size}x{args.size}"
+            print(f"bench: {where} {method} ({shape}, x{args.factor:g})...",
                   file=sys.stderr)
             rows.append(_run_case(method, where, args))
     shape = f"{args.volume}" if args.volume else f"{args.slices} x {args.size} x {args.size} LR voxels"

@@ -102,6 +102,23 @@ class Decoder(nn.Module):
                 h = torch.relu(h)
         return h.squeeze(-1)
 
+    def forward_parts(self, local_z: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """``forward(cat([local_z, 0, 0, code]))`` without building either concatenation: the local
+        coordinate's only non-zero channel (z) enters the first and the skip layer as a rank-one term.
+        ``local_z`` has the shape of ``code`` without its last axis (or broadcasts to it)."""
+        first = self.layers[0]
+        z = local_z[..., None].to(code.dtype)
+        h = torch.addcmul(nn.functional.linear(code, first.weight[:, 3:], first.bias), z, first.weight[:, 0].to(code.dtype))
+        for n, layer in enumerate(self.layers[1:], start=1):
+            h = torch.relu(h)
+            if n == self.skip_layer:
+                width = h.shape[-1]
+                h = torch.addcmul(nn.functional.linear(code, layer.weight[:, width + 3:], layer.bias)
+                                  + nn.functional.linear(h, layer.weight[:, :width]), z, layer.weight[:, width].to(code.dtype))
+            else:
+                h = layer(h)
+        return h.squeeze(-1)
+
 
 def ensemble_entries(lo: torch.Tensor, hi: torch.Tensor, t: torch.Tensor, band: float):
     """The local ensemble's decoder work: one entry (query row, anchor plane, weight) per query and
@@ -171,22 +188,22 @@ class CycleINR(nn.Module):
                 attended = inner[:, g_lo] * (1 - tq) + inner[:, g_hi] * tq
             else:
                 attended = self._attend(padded, queries, group, g_anchor, g_lo, g_hi, g_t)          # Eq. 4
-            local = torch.zeros(*attended.shape[:-1], 3, dtype=attended.dtype, device=attended.device)
-            local[..., 0] = (2 * (z[g_rows] - g_anchor)).view(1, -1, 1, 1).to(attended.dtype)
-            value = self._decode_points(torch.cat([local, attended], dim=-1), chunk)              # Eq. 5
-            out = out.index_add(1, g_rows, value * weight[sel].view(1, -1, 1, 1))
+            local = (2 * (z[g_rows] - g_anchor)).view(1, -1, 1, 1).expand(attended.shape[:-1])
+            value = self._decode_points(local, attended, chunk)                                  # Eq. 5
+            out.index_add_(1, g_rows, value * weight[sel].view(1, -1, 1, 1))
         if self.config.residual == "linear":
             image = lr[:, 0, :, y0:y1, x0:x1].float()
             t4 = t.view(1, -1, 1, 1)
             out = out + image[:, lo] * (1 - t4) + image[:, hi] * t4
         return out
 
-    def _decode_points(self, features: torch.Tensor, chunk: int | None) -> torch.Tensor:
-        if chunk is None or features[..., 0].numel() <= chunk:
-            return self.decoder(features).float()
-        flat = features.reshape(-1, features.shape[-1])
-        parts = [self.decoder(flat[i:i + chunk]).float() for i in range(0, len(flat), chunk)]
-        return torch.cat(parts).view(features.shape[:-1])
+    def _decode_points(self, local: torch.Tensor, code: torch.Tensor, chunk: int | None) -> torch.Tensor:
+        if chunk is None or local.numel() <= chunk:
+            return self.decoder.forward_parts(local, code).float()
+        flat, where = code.reshape(-1, code.shape[-1]), local.reshape(-1)
+        parts = [self.decoder.forward_parts(where[i:i + chunk], flat[i:i + chunk]).float()
+                 for i in range(0, len(flat), chunk)]
+        return torch.cat(parts).view(local.shape)
 
     def _queries(self, inner: torch.Tensor) -> torch.Tensor:
         """W_K^T q of every LR voxel (q = W_Q z + b_Q, scaled): scores against raw codes, per Eq. 4."""
@@ -205,12 +222,11 @@ class CycleINR(nn.Module):
         block = padded.index_select(1, near).unfold(2, 3, 1).unfold(3, 3, 1)   # (B, 3G, h, w, C, 3, 3)
         block = block.reshape(batch, count, 3, h, w, channels, 3, 3).permute(0, 1, 3, 4, 2, 6, 7, 5)
         block = block.reshape(batch, count, h, w, 27, channels)
-        qs = queries.index_select(1, near).view(batch, count, 3, h, w, channels).permute(0, 1, 3, 4, 5, 2)
-        tables = torch.matmul(block, qs)                                   # (B, G, h, w, 27, 3 query planes)
+        qs = queries.index_select(1, near).view(batch, count, 3, h, w, channels).permute(0, 1, 3, 4, 2, 5)
+        tables = torch.matmul(qs, block.transpose(-1, -2))                # (B, G, h, w, 3 query planes, 27)
+        tables = tables.permute(0, 1, 4, 2, 3, 5).reshape(batch, count * 3, h, w, 27)
         slot = torch.searchsorted(group, anchor)
-        per_entry = tables[:, slot].float()                               # (B, E, h, w, 27, 3)
-        pick = lambda plane: per_entry.gather(-1, (plane - anchor + 1).view(1, -1, 1, 1, 1, 1).expand(  # noqa: E731
-            *per_entry.shape[:-1], 1)).squeeze(-1)
+        pick = lambda plane: tables.index_select(1, slot * 3 + plane - anchor + 1).float()  # noqa: E731
         tt = t.view(1, -1, 1, 1, 1)
         weights = torch.softmax(pick(lo) * (1 - tt) + pick(hi) * tt, dim=-1).to(block.dtype)
         rank = torch.arange(len(anchor), device=anchor.device) - torch.searchsorted(anchor, anchor)
