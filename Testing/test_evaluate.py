@@ -41,7 +41,7 @@ def run_cli(argv):
 
 
 def read_rows(path):
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
@@ -67,7 +67,7 @@ def test_baselines_write_csv_and_markdown(ct_file, tmp_path, capsys):
     assert float(by[("2", "linear")]["psnr"]) > float(by[("5", "linear")]["psnr"])
     assert float(by[("2", "linear")]["psnr"]) > float(by[("2", "nearest")]["psnr"])
     assert by[("2", "HR")]["psnr"] == "" and float(by[("2", "HR")]["snli"]) > 0
-    md = (out / "results.md").read_text()
+    md = (out / "results.md").read_text(encoding="utf-8")
     assert "## Scale x2" in md and "## Scale x5" in md and "| cubic |" in md and "SNLI" in md
     assert "evaluate [" in capsys.readouterr().err  # progress bar
 

@@ -25,3 +25,29 @@ def test_cuda_matches_cpu_within_bfloat16_precision():
 def test_auto_device_picks_cuda():
     from cycleinr.inference import select_device
     assert select_device("auto").type == "cuda"
+
+
+def test_cuda_window_and_tile_are_sized_from_free_memory():
+    from cycleinr.config import preset
+    from cycleinr.inference import window_and_tile
+    window, tile = window_and_tile(preset("paper"), torch.device("cuda"), (64, 512, 512), 10)
+    assert 2 <= window <= 64 and 64 <= tile <= 512
+
+
+def test_cuda_training_step_with_bf16_autocast_learns():
+    from cycleinr.data import Volume, sample_batch
+    from cycleinr.train import losses
+    model = make_model(seed=3).cuda().train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    vols = [Volume(phantom((40, 48, 48)).astype(np.float32), "p", (0,))]
+    batch = sample_batch(rng, vols, 4, 6, 24, (3.0, 3.0))
+    first = None
+    for _ in range(20):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            total = losses(model, batch, 1.0, "cuda", "l2")["total"]
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        first = first if first is not None else float(total)
+    assert float(total) < first

@@ -137,7 +137,7 @@ def write_summary(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     with Staged() as staged:
-        staged.write(path, lambda tmp: Path(tmp).write_text(text.getvalue()), ".csv")
+        staged.write(path, lambda tmp: Path(tmp).write_text(text.getvalue(), encoding="utf-8"), ".csv")
         staged.commit()
 
 
@@ -235,7 +235,7 @@ def _merge_ranks(env, summary: Path, count: int) -> int:
         failed = 0
         if env.writer:
             parts = [summary.with_name(f"{summary.stem}.rank{r}.csv") for r in range(env.world)]
-            per_rank = [list(csv.DictReader(p.open())) if p.exists() else [] for p in parts]
+            per_rank = [list(csv.DictReader(p.open(encoding="utf-8"))) if p.exists() else [] for p in parts]
             rows = [per_rank[i % env.world][i // env.world] for i in range(count)
                     if i // env.world < len(per_rank[i % env.world])]
             write_summary(summary, rows)

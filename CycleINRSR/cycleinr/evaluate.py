@@ -155,7 +155,7 @@ def _fmt(value) -> str:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
@@ -477,7 +477,7 @@ def run(args) -> int:
             "Dice/NSD (1 mm) of threshold masks: bone > 300 HU, soft tissue -100..300 HU. Means over volumes.",
             "", *[f"- {n}" for n in notes]]
     write_csv(out_dir / "results.csv", rows)
-    (out_dir / "results.md").write_text(markdown_table(rows, info) + "\n")
+    (out_dir / "results.md").write_text(markdown_table(rows, info) + "\n", encoding="utf-8")
     print(f"evaluate: wrote {out_dir / 'results.csv'} and {out_dir / 'results.md'} ({len(rows)} rows)", file=sys.stderr)
     return 1 if errors else 0
 
