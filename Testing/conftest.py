@@ -26,6 +26,13 @@ def tiny_model():
     return make_model()
 
 
+@pytest.fixture
+def weights(tmp_path):
+    """A tiny model saved as weights files (.safetensors + .json), for command-line tests."""
+    from cycleinr.weights import save_model
+    return save_model(tmp_path / "tiny.safetensors", make_model())
+
+
 def phantom(shape=(12, 20, 22), seed=0) -> np.ndarray:
     """A CT-like int16 volume in HU: air, a soft-tissue ellipsoid with a bone shell, noise."""
     rng = np.random.default_rng(seed)

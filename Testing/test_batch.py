@@ -13,9 +13,8 @@ import pytest
 import SimpleITK as sitk
 
 from cycleinr import batch, cli, upsample_cmd
-from cycleinr.weights import save_model
 
-from conftest import make_model, phantom
+from conftest import phantom
 from test_volume_io import write_dicom_series
 
 
@@ -24,11 +23,6 @@ def write(path, array, spacing=(1.0, 1.0, 5.0)):
     image.SetSpacing(spacing)
     sitk.WriteImage(image, str(path))
     return path
-
-
-@pytest.fixture
-def weights(tmp_path):
-    return save_model(tmp_path / "tiny.safetensors", make_model())
 
 
 @pytest.fixture

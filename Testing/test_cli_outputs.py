@@ -10,14 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from cycleinr import cli, outputs, upsample_cmd
-from cycleinr.weights import save_model
 
-from conftest import make_model, phantom
-
-
-@pytest.fixture
-def weights(tmp_path):
-    return save_model(tmp_path / "tiny.safetensors", make_model())
+from conftest import phantom
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from cycleinr import cli, train_cli
+from cycleinr import cli, outputs, train_cli
 from cycleinr.data import Volume, sample_batch
 from cycleinr.train import TrainSettings
 from cycleinr.weights import load_tensors
@@ -501,8 +501,8 @@ def error_case(tmp_path, monkeypatch, case):
         if os.access(out.parent, os.W_OK):               # root ignores permissions: fail the probe instead
             def refuse(*args, **kwargs):
                 raise PermissionError(13, "Permission denied")
-            monkeypatch.setattr(train_cli.tempfile, "mkstemp", refuse)
-        return argv, out, "cannot write in folder"
+            monkeypatch.setattr(outputs.tempfile, "mkstemp", refuse)
+        return argv, out, "cannot create files in"
     if case == "cuda":
         if torch.cuda.is_available():
             pytest.skip("this machine has CUDA")

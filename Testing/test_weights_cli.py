@@ -60,11 +60,6 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "cycleinr", *map(str, args)], capture_output=True, text=True)
 
 
-@pytest.fixture
-def weights(tmp_path):
-    return save_model(tmp_path / "tiny.safetensors", make_model())
-
-
 def test_cli_upsample_geometry_and_type(tmp_path, weights):
     src, dst, report = tmp_path / "in.nrrd", tmp_path / "out.nii.gz", tmp_path / "r.json"
     direction = (0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)           # K along -x: not axial

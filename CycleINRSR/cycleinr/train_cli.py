@@ -32,7 +32,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, outputs
 from .config import PRESETS, preset
 from .data import VOLUME_SUFFIXES, Volume, load_volumes
 from .degrade import MODES
@@ -388,23 +387,9 @@ def settings_from_args(args) -> TrainSettings:
 
 
 def check_output(path: str | os.PathLike) -> Path:
-    """The output must be a .safetensors file in an existing, writable folder: tried by creating and
-    deleting a temporary file there, before any training time is spent."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"output {path}: the weights file must end in .safetensors")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ValueError(f"output {path}: folder {folder} does not exist")
-    if path.is_dir():
-        raise ValueError(f"output {path} is a folder; give a .safetensors file name")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".cycleinr-write-test-", dir=folder)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise ValueError(f"output {path}: cannot write in folder {folder} ({exc.strerror or exc})") from None
-    return path
+    """The output must be a .safetensors file in an existing, writable folder, checked before any
+    training time is spent (the same check as ``cycleinr upsample``'s outputs)."""
+    return outputs.check_output(path, (".safetensors",), "output")
 
 
 def check_training_volumes(volumes: list[Volume], settings: TrainSettings) -> None:
