@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from cycleinr import load_model, save_model, upsample
+from cycleinr import CycleINR, load_model, preset, save_model, upsample
 from cycleinr.weights import WeightsError, load_tensors
 
 from conftest import make_model, phantom
@@ -150,3 +150,22 @@ def test_model_choice_needs_no_torch():
             "assert 'torch' not in sys.modules, 'torch was imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_cli_noise_match_reaches_upsample(tmp_path):
+    """``--noise match`` on the command line fills the noise dip of generated slices (report sigmas),
+    which ``--noise none`` leaves; an untrained model is linear interpolation, so the dip is certain."""
+    rng = np.random.default_rng(1)
+    vol = (rng.normal(0, 30, (5, 128, 128))).astype(np.int16)
+    src = tmp_path / "in.nrrd"
+    write_nrrd(src, vol, (1.0, 1.0, 4.0))
+    fresh = save_model(tmp_path / "fresh.safetensors", CycleINR(preset("fast")))
+    ratios = {}
+    for mode in ("none", "match"):
+        report = tmp_path / f"{mode}.json"
+        proc = run_cli("upsample", src, tmp_path / f"{mode}.nrrd", "--factor", "2", "--model", fresh,
+                       "--device", "cpu", "--noise", mode, "--report", report, "--quiet")
+        assert proc.returncode == 0, proc.stderr
+        sigmas = np.array(json.loads(report.read_text())["output"]["sigmas"])
+        ratios[mode] = sigmas[1::2].mean() / sigmas[0::2].mean()
+    assert ratios["none"] < 0.8 and abs(ratios["match"] - 1) < 0.05, ratios

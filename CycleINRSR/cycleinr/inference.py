@@ -35,6 +35,7 @@ DEFAULT_WINDOW, DEFAULT_OVERLAP = 24, 2
 DEFAULT_TILE = {"cpu": 112, "cuda": 512}
 POINTS_PER_CHUNK = {"cpu": 1 << 14, "cuda": 1 << 21}
 CUDA_MEMORY_SHARE = 0.5                   # of the free GPU memory that one window may take
+NOISE_MODES = ("none", "match")           # see noise.py
 
 
 class Cancelled(RuntimeError):
@@ -96,7 +97,8 @@ def _spacing_xyz(spacing) -> tuple[float, float, float]:
 def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, factor: float | None = None,
              model="default", device="auto", window: int | None = None, overlap: int = DEFAULT_OVERLAP,
              tile: int | None = None, margin: int | None = None,
-             progress: Callable[[int, int], None] | None = None, cancel=None) -> UpsampleResult:
+             progress: Callable[[int, int], None] | None = None, cancel=None,
+             noise: str = "none", seed: int = 0) -> UpsampleResult:
     """Upsample a (z, y, x) volume along z to ``target_spacing`` mm (or by ``factor``).
 
     ``spacing`` is ITK (x, y, z) in mm (or a Geometry). The first output slice lies on the first input
@@ -106,7 +108,8 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
     ``progress(done, total)`` is called after each tile; ``cancel`` (a threading.Event or a callable
     returning True) stops the run with ``Cancelled``. The input array is never modified; the output stays
     within its value range. Deterministic on CPU; bfloat16 autocast on CUDA (interpolation weights,
-    residual and blending stay float32).
+    residual and blending stay float32). ``noise="match"`` gives generated slices the noise level of the
+    acquired ones (``noise.py``; seeded by ``seed``).
     """
     check_volume(volume)
     spacing = _spacing_xyz(spacing)
@@ -117,6 +120,8 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
         raise ValueError(f"tile must be a positive number of pixels, got {tile}")
     if overlap < 0:
         raise ValueError(f"overlap must be >= 0, got {overlap}")
+    if noise not in NOISE_MODES:
+        raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
     dev = select_device(device)
     net = _resolve_model(model, dev)
     cfg = net.config
@@ -158,6 +163,10 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
             numerator[inside] += wz[:, None, None] * blended.cpu().numpy()
             denominator[inside] += wz
     out = numerator / denominator[:, None, None] * cfg.intensity_scale + cfg.intensity_offset
+    if noise == "match":                                  # scikit-image is loaded only when asked for
+        from .metrics import noise_sigma_per_slice
+        from .noise import match_noise
+        out = match_noise(out, positions, noise_sigma_per_slice(np.asarray(volume, dtype=np.float32)), seed)
     out = np.clip(out, float(np.min(volume)), float(np.max(volume)))
     spacing_out = (spacing[0], spacing[1], float(target))
     return UpsampleResult(out.astype(np.float32), spacing_out, positions)

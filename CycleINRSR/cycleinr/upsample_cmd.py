@@ -96,6 +96,9 @@ def add_model_options(p) -> None:
                    help=f"slices shared by neighbouring windows, 0 .. window-1 (default {DEFAULT_OVERLAP})")
     p.add_argument("--tile", type=int_at_least(8), metavar="PIXELS",
                    help=f"in-plane tile size, >= 8 (default: {DEFAULT_TILE['cpu']} on CPU, sized for the GPU on CUDA)")
+    p.add_argument("--noise", default="none", choices=["none", "match"],
+                   help="match: give generated slices the noise level of the acquired ones (seeded white "
+                        "noise of the missing variance; default none)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -137,7 +140,7 @@ def upsample_volume(volume, geometry, target: float, net, device, args, progress
     start = time.perf_counter()
     sizes = {"window": args.window} if args.window is not None else {}     # else inference's default
     result = upsample(volume, geometry.spacing, target_spacing=target, model=net, device=device,
-                      overlap=args.overlap, tile=args.tile, progress=progress, **sizes)
+                      overlap=args.overlap, tile=args.tile, progress=progress, noise=args.noise, **sizes)
     seconds = time.perf_counter() - start
     array = cast_like(result.array, volume.dtype)
     return {"array": array, "geometry": result.geometry(geometry), "seconds": seconds}
