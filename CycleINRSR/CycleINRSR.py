@@ -151,6 +151,7 @@ class CycleINRSRParameterNode:
                   or a weights file (modelPath).
     window, overlap, tile - advanced chunking; 0 means the core's default.
     adaptSeconds - "Adapt to this scan": fine-tune a copy of the model on the input first (0 = off).
+    matchNoise - give generated slices the noise level of the acquired ones (cycleinr --noise match).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -163,6 +164,7 @@ class CycleINRSRParameterNode:
     overlap: Annotated[int, WithinRange(0, 256)] = 0
     tile: Annotated[int, WithinRange(0, 4096)] = 0
     adaptSeconds: Annotated[float, WithinRange(0, 3600)] = 0.0
+    matchNoise: bool = False
 
 
 #
@@ -432,7 +434,8 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
         return UpsampleSettings(targetThickness=float(parameterNode.targetThickness),
                                 model=self.modelSpec(parameterNode), device=parameterNode.device.value,
                                 window=int(parameterNode.window), overlap=int(parameterNode.overlap),
-                                tile=int(parameterNode.tile), adaptSeconds=float(parameterNode.adaptSeconds))
+                                tile=int(parameterNode.tile), adaptSeconds=float(parameterNode.adaptSeconds),
+                                matchNoise=bool(parameterNode.matchNoise))
 
     def startUpsample(self, inputVolume, settings, onProgress=None, onFinished=None, onLine=None):
         """Start a background run; returns the UpsampleJob (poll it, or wait for it)."""

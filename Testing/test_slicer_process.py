@@ -43,6 +43,16 @@ def test_command_with_everything():
                     "--overlap", "2", "--tile", "128", "--report", "r.json"]
 
 
+def test_match_noise_reaches_the_core_command_line():
+    """The panel's "Match noise" option becomes --noise match, which cycleinr's own parser accepts."""
+    from cycleinr.cli import build_parser
+    plain = proc.buildUpsampleCommand("py", "i.nrrd", "o.nrrd", thickness=1)
+    matched = proc.buildUpsampleCommand("py", "i.nrrd", "o.nrrd", thickness=1, matchNoise=True)
+    assert "--noise" not in plain and matched[-2:] == ["--noise", "match"]
+    assert build_parser().parse_args(matched[3:]).noise == "match"
+    assert build_parser().parse_args(plain[3:]).noise == "none"
+
+
 def test_command_zero_means_core_default():
     cmd = proc.buildUpsampleCommand("py", "i", "o", thickness=1, window=0, overlap=None, tile=0)
     assert "--window" not in cmd and "--overlap" not in cmd and "--tile" not in cmd

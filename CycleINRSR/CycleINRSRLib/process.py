@@ -137,7 +137,8 @@ def _positive(name: str, value) -> float:
 def buildUpsampleCommand(python: str, inputPath: str, outputPath: str, *, thickness: float | None = None,
                          factor: float | None = None, model: str = AUTO_MODEL, device: str = "auto",
                          window: int | None = None, overlap: int | None = None, tile: int | None = None,
-                         reportPath: str | None = None, adaptSeconds: float | None = None) -> list[str]:
+                         reportPath: str | None = None, adaptSeconds: float | None = None,
+                         matchNoise: bool = False) -> list[str]:
     """Argument list of ``python -m cycleinr upsample``. Exactly one of ``thickness`` (target slice
     spacing, mm) or ``factor``. ``window``/``overlap``/``tile`` of None or 0 mean the core's default
     (the flag is left out); overlap may be 0 only when set explicitly with a window. ``model`` is 'auto'
@@ -165,6 +166,8 @@ def buildUpsampleCommand(python: str, inputPath: str, outputPath: str, *, thickn
         command += ["--report", str(reportPath)]
     if adaptSeconds:                        # "Adapt to this scan": fine-tune a copy first (None or 0: off)
         command += ["--adapt", repr(_positive("adaptation time", adaptSeconds))]
+    if matchNoise:                          # generated slices get the acquired slices' noise level
+        command += ["--noise", "match"]
     return command
 
 

@@ -31,6 +31,7 @@ class UpsampleSettings:
     overlap: int = 0
     tile: int = 0
     adaptSeconds: float = 0.0    # > 0: "Adapt to this scan" for at most this long before upsampling
+    matchNoise: bool = False     # generated slices get the acquired slices' noise level (--noise match)
 
 
 def validateSettings(inputNode, settings: UpsampleSettings) -> None:
@@ -175,7 +176,8 @@ class UpsampleJob:
                 thickness=float(self.settings.targetThickness), model=str(self.settings.model),
                 device=self.settings.device, window=self.settings.window or None,
                 overlap=self.settings.overlap or None, tile=self.settings.tile or None,
-                reportPath=self._tmp.file("report.json"), adaptSeconds=self.settings.adaptSeconds or None)
+                reportPath=self._tmp.file("report.json"), adaptSeconds=self.settings.adaptSeconds or None,
+                matchNoise=self.settings.matchNoise)
             # No CYCLEINR_MODELS of our own: the core in the background process looks for the bundled
             # models where the panel's proc.bundledModelFile (the same core code) found them.
             env = proc.buildEnvironment()
