@@ -17,7 +17,9 @@ here = pathlib.Path(cycleinr.__file__).resolve().is_relative_to(pathlib.Path("Cy
 print(model_for_device(select_device("auto"))) if here else sys.exit(1)'
 AUTO=$("$PY" -c "$choose" 2>/dev/null) || {            # first run: install what is missing, then ask again
   if ! "$PY" -c "import torch" 2>/dev/null; then       # PyPI's Linux torch is the CUDA build: take the CPU one
-    if [ "$(uname -s)" = Linux ]; then "$PY" -m pip install -q "torch>=2.1" --index-url https://download.pytorch.org/whl/cpu
+    if [ "$(uname -s)" = Linux ]; then                 # offline machines: fall back to what pip can reach
+      "$PY" -m pip install -q "torch>=2.1" --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
+        || "$PY" -m pip install -q "torch>=2.1"
     else "$PY" -m pip install -q "torch>=2.1"; fi
   fi
   "$PY" -m pip install -q -e . && AUTO=$("$PY" -c "$choose"); }
