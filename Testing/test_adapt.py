@@ -127,9 +127,9 @@ def test_cli_adapts_reports_and_saves_the_adapted_weights(tmp_path, chest, capsy
                  "--adapt", "4", "--save-adapted", str(saved), "--report", str(report)])
     assert code == 0, capsys.readouterr().err
     assert "adapting to this scan" in capsys.readouterr().err
-    entry = json.loads(report.read_text())["adaptation"]
+    entry = json.loads(report.read_text(encoding="utf-8"))["adaptation"]
     assert entry["iterations"] >= 1 and entry["source_scan"] == "scan.nrrd" and entry["budget_seconds"] == 4
-    meta = json.loads(saved.with_suffix(".json").read_text())
+    meta = json.loads(saved.with_suffix(".json").read_text(encoding="utf-8"))
     assert meta["adaptation"]["source_scan"] == "scan.nrrd" and meta["adaptation"]["scale"] == 2.5
     adapted = load_model(saved)
     assert not all(torch.equal(adapted.state_dict()[k], v) for k, v in load_model("fast").state_dict().items()) \
@@ -183,4 +183,4 @@ def test_the_slicer_panel_command_reaches_adaptation(tmp_path, chest):
     done = subprocess.run(cmd, env=proc.buildEnvironment(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "adapting to this scan" in done.stderr
-    assert json.loads((tmp_path / "r.json").read_text())["adaptation"]["budget_seconds"] == 3.0
+    assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["adaptation"]["budget_seconds"] == 3.0

@@ -39,7 +39,7 @@ def study(tmp_path):
 
 
 def read_summary(path):
-    return list(csv.DictReader(path.open()))
+    return list(csv.DictReader(path.open(encoding="utf-8")))
 
 
 def test_batch_runs_skips_and_continues_after_errors(tmp_path, study, weights, capsys, monkeypatch):

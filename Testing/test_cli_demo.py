@@ -25,5 +25,5 @@ def test_demo_runs_and_names_outputs_by_thickness_and_model():
     for name in (f"CycleINRSampleChestCT_2.5mm_{model}.nrrd", f"comparison_2.5mm_{model}.png",
                  f"report_2.5mm_{model}.json"):
         assert (out / name).is_file(), name
-    report = json.loads((out / f"report_2.5mm_{model}.json").read_text())
+    report = json.loads((out / f"report_2.5mm_{model}.json").read_text(encoding="utf-8"))
     assert report["output_shape"][0] == 63 and report["model"] == model      # demo.sh resolved 'auto' itself

@@ -126,7 +126,7 @@ def test_failure_while_writing_leaves_every_target_untouched(tmp_path, src, weig
                      "--report", str(report), "--figure", str(figure)])
     line = one_error_line(capsys, code)
     assert "c.png: could not be written (disk full)" in line
-    assert out.read_bytes() == b"good volume" and report.read_text() == "good report" and not figure.exists()
+    assert out.read_bytes() == b"good volume" and report.read_text(encoding="utf-8") == "good report" and not figure.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]      # no temporary file left
 
 
@@ -136,7 +136,7 @@ def test_all_outputs_written_together(tmp_path, src, weights, capsys):
                      "--report", str(report), "--figure", str(figure)])
     assert code == 0, capsys.readouterr().err
     assert sitk.ReadImage(str(out)).GetSize() == (12, 12, 7)
-    assert json.loads(report.read_text())["output_shape"] == [7, 12, 12]
+    assert json.loads(report.read_text(encoding="utf-8"))["output_shape"] == [7, 12, 12]
     assert figure.read_bytes()[:4] == b"\x89PNG"
     mode = os.stat(out).st_mode & 0o777
     assert mode == outputs.default_file_mode() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -149,7 +149,7 @@ def test_auto_model_is_fast_on_cpu_and_said(tmp_path, src, capsys):
     err = capsys.readouterr().err
     assert code == 0, err
     assert "model fast (auto" in err
-    rep = json.loads(report.read_text())
+    rep = json.loads(report.read_text(encoding="utf-8"))
     assert rep["model"].startswith("fast (auto") and rep["model_file"].endswith("cycleinr_fast.safetensors")
     assert "lower" in rep["snli_note"]
 
@@ -170,7 +170,7 @@ def test_warnings_for_untrained_scale_and_non_ct_input(tmp_path, capsys):
     assert len(warnings) == 2
     assert "x10 is outside the scales the model was trained on (x2-x6)" in warnings[0]
     assert "do not look like CT in Hounsfield units" in warnings[1]
-    assert len(json.loads(report.read_text())["warnings"]) == 2
+    assert len(json.loads(report.read_text(encoding="utf-8"))["warnings"]) == 2
 
 
 def test_no_warning_for_ct_in_trained_range(tmp_path, src, capsys):

@@ -128,7 +128,7 @@ def test_bench_smoke_with_baseline_only(tmp_path, capsys):
     assert args.func(args) == 0
     table = capsys.readouterr().out
     assert "| linear |" in table and "GFLOP/s" in table
-    (row,) = json.loads((tmp_path / "b.json").read_text())["rows"]
+    (row,) = json.loads((tmp_path / "b.json").read_text(encoding="utf-8"))["rows"]
     assert row["out_voxels"] == 10 * 24 * 24 and row["seconds"] > 0 and row["peak_mb"] >= 0
 
 

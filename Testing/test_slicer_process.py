@@ -270,7 +270,7 @@ def test_runner_cancel_kills_children(tmp_path):
     code = runner.wait(timeout=30)
     assert code != 0 and runner.cancelled and runner.errorMessage() == "cancelled"
     if os.name != "nt":
-        child = int(marker.read_text())
+        child = int(marker.read_text(encoding="utf-8"))
         _wait_for(lambda: not _alive(child), 10)
 
 
@@ -287,8 +287,8 @@ time.sleep(120)
 
 
 def _pids_from(*files, timeout=30):
-    _wait_for(lambda: all(f.is_file() and f.read_text().strip() for f in files), timeout)
-    return [int(f.read_text()) for f in files]
+    _wait_for(lambda: all(f.is_file() and f.read_text(encoding="utf-8").strip() for f in files), timeout)
+    return [int(f.read_text(encoding="utf-8")) for f in files]
 
 
 @pytest.mark.skipif(os.name == "nt", reason="checks PIDs through /proc")
@@ -491,7 +491,7 @@ def test_real_cli_progress_report_and_geometry(tmp_path, tiny_weights):
     assert out.GetOrigin() == pytest.approx((10.0, -20.0, 30.0))
     assert out.GetDirection() == pytest.approx(direction)
     assert out.GetPixelID() == sitk.sitkInt16
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert len(report["input"]["sigmas"]) == array.shape[0]
     assert len(report["output"]["sigmas"]) == out.GetSize()[2]
     assert np.isfinite(report["input"]["snli"]) and np.isfinite(report["output"]["snli"])
@@ -682,7 +682,7 @@ def test_requirements_file_matches_pyproject():
     def floors(requirements):
         return dict(dependencies.splitRequirement(r) for r in requirements)
 
-    project = floors(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    project = floors(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"])
     slicer_side = floors(dependencies.readRequirements())
     assert (ROOT / "CycleINRSR" / "Resources" / "requirements.txt").is_file()
     assert project["torch"] == dependencies.TORCH_REQUIREMENT

@@ -142,7 +142,7 @@ def test_old_slicer_is_told_the_minimum_version():
               and any(isinstance(m, ast.Raise) for m in ast.walk(n))]
     assert checks and checks[0] < first_class
     assert "MINIMUM_SLICER_VERSION = (5, 10)" in module_source()
-    assert "5.10" in (ROOT / "CMakeLists.txt").read_text() and "5.10" in (ROOT / "README.md").read_text()
+    assert "5.10" in (ROOT / "CMakeLists.txt").read_text(encoding="utf-8") and "5.10" in (ROOT / "README.md").read_text(encoding="utf-8")
     for path in LIB.glob("*.py"):  # imported before the check: no runtime 3.10+ annotations
         text = path.read_text(encoding="utf-8")
         ast.parse(text, feature_version=(3, 9))
@@ -180,7 +180,7 @@ def cmake_list(text: str, var: str) -> list[str]:
 
 
 def test_module_cmakelists_lists_every_python_file():
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts = {s.replace("${MODULE_NAME}", "CycleINRSR") for s in cmake_list(text, "MODULE_PYTHON_SCRIPTS")}
     expected = {"CycleINRSR.py"} | {f"CycleINRSRLib/{p.name}" for p in LIB.glob("*.py")}
     assert expected <= scripts, expected - scripts
@@ -207,7 +207,7 @@ RAW_URL = "https://raw.githubusercontent.com/CycleINR/SlicerCycleINR/main/"
 
 
 def test_extension_cmakelists():
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     for var in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
         cmake_value(text, var)
@@ -233,10 +233,10 @@ def test_extension_cmakelists():
 
 def test_extensions_index_entry():
     """What a pull request to Slicer/ExtensionsIndex adds: <project name>.json (catalog schema v1.0.2)."""
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     project = re.search(r"project\((\w+)\)", text).group(1)
     path = ROOT / "Utilities" / "ExtensionsIndex" / f"{project}.json"
-    entry = json.loads(path.read_text())
+    entry = json.loads(path.read_text(encoding="utf-8"))
     allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
                "dicom_support_rule", "build_subdirectory", "enabled", "tier"}
     assert set(entry) <= allowed and {"$schema", "category", "scm_url"} <= set(entry)
@@ -316,11 +316,11 @@ def test_cmake_configures_against_stub_slicer(tmp_path):
     result = subprocess.run(["cmake", "-S", str(source), "-B", str(build), f"-DSlicer_DIR={stub}",
                              "-DBUILD_TESTING=ON"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    scripts = set((build / "CycleINRSR.scripts").read_text().split(";"))
+    scripts = set((build / "CycleINRSR.scripts").read_text(encoding="utf-8").split(";"))
     core = {f"cycleinr/{p.relative_to(MODULE / 'cycleinr').as_posix()}" for p in (MODULE / "cycleinr").rglob("*.py")}
     assert core and core <= scripts, core - scripts
     assert "CycleINRSR.py" in scripts
-    assert "SCRIPT;CycleINRSR.py" in (build / "unittests").read_text()
+    assert "SCRIPT;CycleINRSR.py" in (build / "unittests").read_text(encoding="utf-8")
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")

@@ -224,7 +224,7 @@ def test_settings_saved_before_issue_11_keep_their_meaning():
     """Runs saved without the newer fields reload with the behaviour they had (no loss margin, their
     own degradation), and new settings round-trip."""
     saved = json.loads((Path(__file__).resolve().parents[1] / "Resources" / "Models" / "cycleinr_fast.json"
-                        ).read_text())["training"]["settings"]
+                        ).read_text(encoding="utf-8"))["training"]["settings"]
     old = TrainSettings.from_dict(saved)
     assert old.loss_margin == 0 and old.degradation == saved["degradation"] and old.patch == saved["patch"]
     from dataclasses import asdict

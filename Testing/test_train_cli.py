@@ -197,7 +197,7 @@ def parameter_problems(param, seen):
 def test_script_prints_the_committed_xml():
     result = run_script("--xml")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == XML_FILE.read_text(), (
+    assert result.stdout == XML_FILE.read_text(encoding="utf-8"), (
         "CycleINRTrain.xml is stale: python CycleINRTrain/CycleINRTrain.py --xml > CycleINRTrain/CycleINRTrain.xml")
     assert ET.fromstring(result.stdout.encode()).tag == "executable"
     assert train_cli.sem_xml() == result.stdout
@@ -292,7 +292,7 @@ def test_xml_contributor_names_people_and_organization():
     """Slicer's extension index wants "Firstname Lastname (Organization)", as the extension's CMakeLists."""
     contributor = ET.fromstring(XML_FILE.read_bytes()).findtext("contributor")
     assert re.fullmatch(r"[^(),]+ \([^(),]+\)", contributor), contributor
-    cmake = (ROOT / "CMakeLists.txt").read_text()
+    cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert f'set(EXTENSION_CONTRIBUTORS "{contributor}")' in cmake
 
 

@@ -25,7 +25,7 @@ def test_save_load_round_trip(tmp_path):
     vol = phantom((6, 10, 10))
     a = upsample(vol, (1, 1, 2), factor=2, model=model).array
     assert np.array_equal(a, upsample(vol, (1, 1, 2), factor=2, model=path).array)
-    meta = json.loads((tmp_path / "m.json").read_text())
+    meta = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     assert meta["training"] == {"note": "test"} and meta["config"]["neighbours"] == 0
 
 
@@ -33,7 +33,7 @@ def test_weights_errors(tmp_path):
     with pytest.raises(WeightsError, match="not found"):
         load_model(tmp_path / "missing.safetensors")
     path = save_model(tmp_path / "m.safetensors", make_model())
-    meta = json.loads(path.with_suffix(".json").read_text())
+    meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
     meta["config"]["code_length"] = 99
     path.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(WeightsError, match="do not match"):
@@ -75,7 +75,7 @@ def test_cli_upsample_geometry_and_type(tmp_path, weights):
     for k in (0, 4, 28):                                   # output slice k lies at input index k / 4
         assert np.allclose(out.TransformContinuousIndexToPhysicalPoint((3, 5, k)),
                            inp.TransformContinuousIndexToPhysicalPoint((3, 5, k / 4)), atol=1e-4)  # NIfTI: float32
-    rep = json.loads(report.read_text())
+    rep = json.loads(report.read_text(encoding="utf-8"))
     assert rep["factor"] == 4 and len(rep["output"]["sigmas"]) == 29 and rep["input"]["snli"] >= 0
 
 
@@ -166,6 +166,6 @@ def test_cli_noise_match_reaches_upsample(tmp_path):
         proc = run_cli("upsample", src, tmp_path / f"{mode}.nrrd", "--factor", "2", "--model", fresh,
                        "--device", "cpu", "--noise", mode, "--report", report, "--quiet")
         assert proc.returncode == 0, proc.stderr
-        sigmas = np.array(json.loads(report.read_text())["output"]["sigmas"])
+        sigmas = np.array(json.loads(report.read_text(encoding="utf-8"))["output"]["sigmas"])
         ratios[mode] = sigmas[1::2].mean() / sigmas[0::2].mean()
     assert ratios["none"] < 0.8 and abs(ratios["match"] - 1) < 0.05, ratios

@@ -56,6 +56,6 @@ def test_wheel_has_the_weights_and_works_installed(tmp_path):
     assert Path(where.strip()).is_relative_to(venv), where          # the wheel, not the editable checkout
     run([venv / "bin" / "cycleinr", "upsample", "in.nrrd", "out.nrrd", "--factor", "2", "--model", "default",
          "--device", "cpu", "--quiet", "--report", "r.json"], cwd=elsewhere, env=env)
-    report = json.loads((elsewhere / "r.json").read_text())
+    report = json.loads((elsewhere / "r.json").read_text(encoding="utf-8"))
     assert Path(report["model_file"]).is_relative_to(venv) and report["model_file"].endswith("cycleinr_paper.safetensors")
     assert sitk.ReadImage(str(elsewhere / "out.nrrd")).GetSize() == (10, 10, 5)
