@@ -235,13 +235,14 @@ def _restore(snapshot, model, opt, rng) -> None:
 def train(volumes: list[Volume], settings: TrainSettings, output: str | Path, validation: list[np.ndarray] = (),
           resume: str | Path | None = None, device="auto", log: Callable[[dict], None] | None = None,
           cancel=None, stop_after_epoch: int | None = None, info: dict | None = None,
-          parallel: Parallel | None = None) -> dict:
+          parallel: Parallel | None = None, init: str | Path | None = None) -> dict:
     """Train and write ``output`` (.safetensors + .json). Returns a summary.
 
     A checkpoint ``<output stem>.ckpt.safetensors`` is written every ``checkpoint_every`` epochs, on
     cancel/interrupt and at the end; ``resume`` continues from one. With validation volumes the weights
     of the best validation PSNR are written to ``output``; without, the last ones. ``output`` only ever
     receives complete files. ``stop_after_epoch`` ends the run early (as an interruption would).
+    ``init`` starts a new run (not a resume) from a weights file of the same architecture: fine-tuning.
     A ``max_minutes`` stop validates at that epoch, so validated runs always write weights.
     """
     parallel = parallel or Parallel()
@@ -257,6 +258,12 @@ def train(volumes: list[Volume], settings: TrainSettings, output: str | Path, va
     rng = np.random.default_rng(settings.seed)
     config = preset(settings.preset, **settings.model_overrides)
     model = CycleINR(config).to(dev)
+    if init and not resume:
+        from .weights import load_model
+        start = load_model(init)
+        if start.config != config:
+            raise ValueError(f"{init}: its configuration differs from the training preset's; fine-tuning needs the same")
+        model.load_state_dict(start.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     history, best, start_epoch = [], {"val_psnr": -math.inf, "epoch": 0}, 0
     if resume:

@@ -3,6 +3,8 @@
     python Testing/benchmarks/train_bundled.py paper runs/models/cycleinr_paper.safetensors --minutes 70
     python Testing/benchmarks/train_bundled.py paper runs/models/cycleinr_paper.safetensors --minutes 85 \
         --resume runs/models/cycleinr_paper.ckpt.safetensors --halve-every 75      # continue, slower decay
+    python Testing/benchmarks/train_bundled.py fast runs/models/fast_tuned.safetensors --minutes 25 \
+        --init Resources/Models/cycleinr_fast.safetensors --lr 2.5e-4 --blend-band 0.25   # fine-tune a bundled one
 
 Head CT training slab in every orientation (slices 0-75; in-plane axes as extra slice axes) plus the
 5 mm chest CT's in-plane axes only. Scales 2.0-6.0, cycle loss and local attention on; degradation and
@@ -48,6 +50,9 @@ def main():
     ap.add_argument("--epochs", type=int, default=100000, help="stop after this many epochs (or --minutes)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--resume")
+    ap.add_argument("--init", help="fine-tune: start from these weights (same architecture), new optimizer")
+    ap.add_argument("--lr", type=float, help="learning rate (overrides the recipe)")
+    ap.add_argument("--blend-band", type=float, help="decoding blend band to train with (model override)")
     ap.add_argument("--halve-every", type=int, help="epochs per learning-rate halving (overrides the recipe; "
                     "the schedule counts from epoch 1, also on resume)")
     ap.add_argument("--ablation", choices=ABLATIONS, help="train an ablation variant of the recipe")
@@ -63,10 +68,16 @@ def main():
         recipe["model_overrides"], recipe["cycle_weight"] = ABLATIONS[args.ablation]
     if args.halve_every:
         recipe["halve_every"] = args.halve_every
+    if args.lr:
+        recipe["learning_rate"] = args.lr
+    if args.blend_band:
+        recipe["model_overrides"] = {**recipe.get("model_overrides", {}), "blend_band": args.blend_band}
     settings = TrainSettings(**recipe, epochs=args.epochs, checkpoint_every=5, max_minutes=args.minutes)
     info = {"data": "head CT slices 0-75 (axes z, y, x) + chest CT 5 mm (axes y, x)", "recipe": args.recipe, "ablation": args.ablation,
             "hardware": f"CPU, {torch.get_num_threads()} threads"}
-    summary = train(volumes, settings, args.output, resume=args.resume, device="cpu", info=info,
+    if args.init:
+        info["initialised_from"] = args.init
+    summary = train(volumes, settings, args.output, resume=args.resume, device="cpu", info=info, init=args.init,
                     log=lambda r: print(json.dumps(r), flush=True))
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}), file=sys.stderr)
 
