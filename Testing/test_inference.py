@@ -163,3 +163,17 @@ def test_match_noise_gives_generated_slices_the_noise_of_acquired_ones():
     assert np.array_equal(again.array, matched.array)
     with pytest.raises(ValueError, match="noise must be one of"):
         upsample(vol, (1, 1, 2.0), factor=2, model=model, noise="texture")
+
+
+@pytest.mark.parametrize("free_gb, whole", [(80, True), (8, False), (1, False)])
+def test_cuda_sizes_follow_free_memory(free_gb, whole):
+    """CUDA window/tile sizing (a pure function of the free memory, so checkable without a GPU): a
+    64 x 512 x 512 CT is one window on an 80 GB card with the paper preset, and smaller cards get
+    smaller windows and tiles, never below 2 slices / 64 pixels, always within the estimate."""
+    from cycleinr.config import preset
+    cfg = preset("paper")
+    window, tile = inference.window_and_tile(cfg, torch.device("cuda"), (64, 512, 512), 10, free_bytes=free_gb << 30)
+    assert (window == 64 and tile == 512) == whole
+    assert 2 <= window <= 64 and 64 <= tile <= 512
+    smaller = inference.window_and_tile(cfg, torch.device("cuda"), (64, 512, 512), 10, free_bytes=(free_gb << 30) // 4)
+    assert smaller[0] * smaller[1] ** 2 <= window * tile ** 2

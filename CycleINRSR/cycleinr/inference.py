@@ -33,7 +33,7 @@ from .weights import load_model
 # Testing/benchmarks/tile_sizes.py, 2 cores). On CUDA, window and tile are sized from free memory.
 DEFAULT_WINDOW, DEFAULT_OVERLAP = 24, 2
 DEFAULT_TILE = {"cpu": 112, "cuda": 512}
-POINTS_PER_CHUNK = {"cpu": 1 << 14, "cuda": 1 << 21}
+POINTS_PER_CHUNK = {"cpu": 1 << 14, "cuda": 1 << 20}
 CUDA_MEMORY_SHARE = 0.5                   # of the free GPU memory that one window may take
 NOISE_MODES = ("none", "match")           # see noise.py
 
@@ -186,22 +186,26 @@ def _tile_weights(tile_spans, n: int, device) -> dict:
     return {s: torch.from_numpy((r / total)[s[0]:s[1] + 1].astype(np.float32)).to(device) for s, r in raw.items()}
 
 
-def window_and_tile(config, device: torch.device, shape, margin: int) -> tuple[int, int]:
+def window_and_tile(config, device: torch.device, shape, margin: int,
+                    free_bytes: int | None = None) -> tuple[int, int]:
     """Default z window and in-plane tile. CPU: fixed cache-friendly sizes. CUDA: the largest tile and
-    window whose activations (with margins) fit ``CUDA_MEMORY_SHARE`` of the free memory."""
-    if device.type != "cuda":
+    window whose encoder activations (with margins) fit ``CUDA_MEMORY_SHARE`` of the free memory, after
+    what one decode step needs (the 27-code blocks of a group of anchor planes and the decoder's
+    activations for ``POINTS_PER_CHUNK`` points)."""
+    if device.type != "cuda" and free_bytes is None:
         return DEFAULT_WINDOW, DEFAULT_TILE["cpu"]
-    free, _ = torch.cuda.mem_get_info(device)
-    budget = CUDA_MEMORY_SHARE * free
-    # bf16 bytes per encoded LR voxel: ~3 live feature maps, the codes (plain, padded, as queries) and the
-    # 27-code block of an anchor plane.
-    per_voxel = 2 * (3 * config.features + 3 * config.code_length + 27 * config.code_length)
+    if free_bytes is None:
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+    points = POINTS_PER_CHUNK["cuda"]
+    decode = 2 * points * (27 * config.code_length + 8 * config.decoder_width)       # bf16 bytes
+    budget = max(CUDA_MEMORY_SHARE * free_bytes - decode, 0)
+    per_voxel = 2 * (3 * config.features + 4 * config.code_length)   # live feature maps + codes, bf16
     n, h, w = shape
     tile = min(max(h, w), DEFAULT_TILE["cuda"])
-    while tile > 64 and (tile + 2 * margin) ** 2 * (2 + 2 * margin) * per_voxel > budget:
+    while tile > 64 and (tile + 2 * margin) ** 2 * min(n, 2 + 2 * margin) * per_voxel > budget:
         tile //= 2
     window = n
-    while window > 2 and (window + 2 * margin) * (tile + 2 * margin) ** 2 * per_voxel > budget:
+    while window > 2 and (min(window + 2 * margin, n)) * (tile + 2 * margin) ** 2 * per_voxel > budget:
         window = max(2, window // 2)
     return window, tile
 
