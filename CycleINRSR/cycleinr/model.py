@@ -20,7 +20,7 @@ along z: weight ``w_hi = clip((t - 1/2) / (2 band) + 1/2, 0, 1)`` on the ``hi`` 
 nearest-plane decoding outside the band). Either way the output is continuous in ``z``.
 
 **Fused attention.** Q is affine in the code, so ``q(z) = (1 - t) q_lo + t q_hi``, and
-``q . k_j = (W_K^T q) . z_j + const`` (the constant cancels in the softmax). So the 27 scores of a query
+``q . k_j = (W_K^T q) . z_j + q . b_K`` (the last term cancels in the softmax). So the 27 scores of a query
 are a blend of two per-LR-voxel score tables, and the value sum is ``W_V (sum_j a_j z_j) + b_V``, one
 small batched matmul per LR voxel over the 27 codes of its block. Nothing of size 27 x C exists per
 query; the same code serves inference and training. Borders are clamped (replicated).
@@ -205,11 +205,14 @@ class CycleINR(nn.Module):
                  for i in range(0, len(flat), chunk)]
         return torch.cat(parts).view(local.shape)
 
-    def _queries(self, inner: torch.Tensor) -> torch.Tensor:
-        """W_K^T q of every LR voxel (q = W_Q z + b_Q, scaled): scores against raw codes, per Eq. 4."""
+    def _queries(self, inner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """W_K^T q and q . b_K of every LR voxel (q = W_Q z + b_Q, scaled), so that q . k_j =
+        (W_K^T q) . z_j + q . b_K for raw codes z_j (Eq. 4). The second term is the same for all 27
+        neighbours and cancels in the softmax; it is kept so that b_K stays in the graph, as
+        DistributedDataParallel requires of every parameter."""
         att = self.attention
         q = att.q(inner) * att.scale
-        return q @ att.k.weight.to(q.dtype)
+        return q @ att.k.weight.to(q.dtype), q @ att.k.bias.to(q.dtype)
 
     def _attend(self, padded, queries, group, anchor, lo, hi, t) -> torch.Tensor:
         """Eq. 4 for entries anchored on the planes ``group`` (sorted): softmax over the 27 codes of the
@@ -222,8 +225,10 @@ class CycleINR(nn.Module):
         block = padded.index_select(1, near).unfold(2, 3, 1).unfold(3, 3, 1)   # (B, 3G, h, w, C, 3, 3)
         block = block.reshape(batch, count, 3, h, w, channels, 3, 3).permute(0, 1, 3, 4, 2, 6, 7, 5)
         block = block.reshape(batch, count, h, w, 27, channels)
-        qs = queries.index_select(1, near).view(batch, count, 3, h, w, channels).permute(0, 1, 3, 4, 2, 5)
+        qk, qb = queries
+        qs = qk.index_select(1, near).view(batch, count, 3, h, w, channels).permute(0, 1, 3, 4, 2, 5)
         tables = torch.matmul(qs, block.transpose(-1, -2))                # (B, G, h, w, 3 query planes, 27)
+        tables = tables + qb.index_select(1, near).view(batch, count, 3, h, w).permute(0, 1, 3, 4, 2)[..., None]
         tables = tables.permute(0, 1, 4, 2, 3, 5).reshape(batch, count * 3, h, w, 27)
         slot = torch.searchsorted(group, anchor)
         pick = lambda plane: tables.index_select(1, slot * 3 + plane - anchor + 1).float()  # noqa: E731
