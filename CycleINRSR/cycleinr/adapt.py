@@ -29,7 +29,7 @@ import torch
 
 from .data import Volume, sample_batch
 from .degrade import MODES, degradation_matrix
-from .inference import Cancelled, select_device
+from .inference import _check_cancel, select_device
 from .model import CycleINR
 from .train import NORMS, losses
 from .volume_io import check_volume
@@ -128,11 +128,6 @@ def prepare(volume: np.ndarray, spacing_xyz, target_spacing: float) -> dict:
             "patch": (min(PATCH, n), min(patch.values()))}
 
 
-def _check_cancel(cancel) -> None:
-    if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
-        raise Cancelled("adaptation cancelled")
-
-
 def _training_settings(model: CycleINR) -> tuple[str, float]:
     """Loss norm and cycle weight the model was trained with (its weights' JSON), else L2 and 1."""
     settings = (getattr(model, "meta", None) or {}).get("training", {}).get("settings", {})
@@ -191,7 +186,7 @@ def adapt_model(model: CycleINR, volume: np.ndarray, spacing_xyz, seconds: float
     train_seconds = max(seconds - (time.perf_counter() - start) - eval_seconds, 1e-3)
     train_start = time.perf_counter()
     while True:
-        _check_cancel(cancel)
+        _check_cancel(cancel, "adaptation")
         t0 = time.perf_counter()
         done = (t0 - train_start) / train_seconds
         if max_iterations is not None:

@@ -22,6 +22,7 @@ import io
 import sys
 from pathlib import Path
 
+from .data import VOLUME_SUFFIXES
 from .geometry import resolve_target_spacing
 from .inference import Cancelled
 from .outputs import CSV_FORMATS, VOLUME_FORMATS, OutputError, Staged, check_output, format_of
@@ -36,7 +37,7 @@ from .upsample_cmd import (
 )
 from .volume_io import dicom_series_ids, read_volume, write_image_file
 
-INPUT_SUFFIXES = (".nrrd", ".nhdr", ".nii.gz", ".nii", ".mha", ".mhd")
+INPUT_SUFFIXES = VOLUME_SUFFIXES          # what training reads, batch reads
 COLUMNS = ("input", "output", "status", "seconds", "snli_input", "snli_output", "slices_input", "slices_output",
            "input_spacing", "target_spacing", "model", "device", "message")
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import baselines, metrics
 from .degrade import MODES, simulate_thick
+from .noise import generated_mask
 from .volume_io import VolumeError, read_volume
 
 MODEL_METHOD = "cycleinr"
@@ -93,8 +94,7 @@ def make_methods(names: list[str], model: str = "default", extra: list[tuple[str
 
 def new_slice_mask(count: int, scale: float) -> np.ndarray:
     """True for output slices (HR indices 0..count-1) that lie between LR slices, i.e. were generated."""
-    k = np.arange(count) / float(scale)
-    return np.abs(k - np.round(k)) > 1e-6
+    return generated_mask(np.arange(count) / float(scale))
 
 
 def score(ref: np.ndarray, test: np.ndarray, new: np.ndarray, spacing_zyx, window=metrics.HU_WINDOW,

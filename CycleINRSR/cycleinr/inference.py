@@ -74,9 +74,10 @@ def gaussian(coords: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.exp(-0.5 * ((coords - centre) / sigma) ** 2).astype(np.float32)
 
 
-def _check_cancel(cancel) -> None:
+def _check_cancel(cancel, what: str = "upsampling") -> None:
+    """Raise ``Cancelled`` if ``cancel`` (a threading.Event or a callable returning True) is set."""
     if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
-        raise Cancelled("upsampling cancelled")
+        raise Cancelled(f"{what} cancelled")
 
 
 def _resolve_model(model, device: torch.device) -> CycleINR:
@@ -138,7 +139,7 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
     y_spans, x_spans = spans(h, tile, overlap), spans(w, tile, overlap)
     wy, wx = _tile_weights(y_spans, h, dev), _tile_weights(x_spans, w, dev)
     total, done = len(z_spans) * len(y_spans) * len(x_spans), 0
-    chunk = int(os.environ.get("CYCLEINR_POINTS_PER_CHUNK", POINTS_PER_CHUNK.get(dev.type, 1 << 21)))
+    chunk = int(os.environ.get("CYCLEINR_POINTS_PER_CHUNK", POINTS_PER_CHUNK[dev.type]))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     with torch.inference_mode(), amp:

@@ -92,20 +92,10 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out, strict=True))
         self.skip_layer = cfg.skip_layer
 
-    def forward(self, x):
-        h = x
-        for n, layer in enumerate(self.layers):
-            if n == self.skip_layer:
-                h = torch.cat([h, x], dim=-1)
-            h = layer(h)
-            if n < len(self.layers) - 1:
-                h = torch.relu(h)
-        return h.squeeze(-1)
-
-    def forward_parts(self, local_z: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        """``forward(cat([local_z, 0, 0, code]))`` without building either concatenation: the local
-        coordinate's only non-zero channel (z) enters the first and the skip layer as a rank-one term.
-        ``local_z`` has the shape of ``code`` without its last axis (or broadcasts to it)."""
+    def forward(self, local_z: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """The MLP applied to ``cat([local_z, 0, 0, code])`` (3 local-coordinate channels, of which only z
+        is non-zero for z-only queries), without building either concatenation: z enters the first and
+        the skip layer as a rank-one term. ``local_z`` has the shape of ``code`` without its last axis."""
         first = self.layers[0]
         z = local_z[..., None].to(code.dtype)
         h = torch.addcmul(nn.functional.linear(code, first.weight[:, 3:], first.bias), z, first.weight[:, 0].to(code.dtype))
@@ -124,7 +114,7 @@ def ensemble_entries(lo: torch.Tensor, hi: torch.Tensor, t: torch.Tensor, band: 
     """The local ensemble's decoder work: one entry (query row, anchor plane, weight) per query and
     bracketing plane with a non-zero weight ``w_hi = clip((t - 1/2) / (2 band) + 1/2, 0, 1)``, sorted by
     anchor. Queries on an LR plane, or outside the band, have one entry; the others two."""
-    w_hi = ((t - 0.5) / (2 * band) + 0.5).clamp(0, 1) if bool((hi > lo).any()) else torch.zeros_like(t)
+    w_hi = ((t - 0.5) / (2 * band) + 0.5).clamp(0, 1)      # t = 0 (also with a single plane) gives 0
     from_lo, from_hi = torch.nonzero(w_hi < 1).squeeze(1), torch.nonzero(w_hi > 0).squeeze(1)
     rows = torch.cat([from_lo, from_hi])
     anchor = torch.cat([lo[from_lo], hi[from_hi]])
@@ -199,9 +189,9 @@ class CycleINR(nn.Module):
 
     def _decode_points(self, local: torch.Tensor, code: torch.Tensor, chunk: int | None) -> torch.Tensor:
         if chunk is None or local.numel() <= chunk:
-            return self.decoder.forward_parts(local, code).float()
+            return self.decoder(local, code).float()
         flat, where = code.reshape(-1, code.shape[-1]), local.reshape(-1)
-        parts = [self.decoder.forward_parts(where[i:i + chunk], flat[i:i + chunk]).float()
+        parts = [self.decoder(where[i:i + chunk], flat[i:i + chunk]).float()
                  for i in range(0, len(flat), chunk)]
         return torch.cat(parts).view(local.shape)
 

@@ -29,7 +29,7 @@ import torch
 from .config import ModelConfig, preset
 from .data import Batch, Volume, sample_batch
 from .degrade import MODES, simulate_thick
-from .inference import Cancelled, _check_cancel, select_device, upsample
+from .inference import Cancelled, _check_cancel, default_margin, select_device, upsample
 from .model import CycleINR
 from .weights import WeightsError, load_tensors, save_model, save_tensors
 
@@ -89,7 +89,7 @@ class TrainSettings:
         slices leave no core); more thick slices per patch give codes more z context."""
         if self.loss_margin >= 0:
             return self.loss_margin
-        return min(config.window_margin or config.context_radius, self.patch // 4)
+        return min(default_margin(config), self.patch // 4)
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainSettings:

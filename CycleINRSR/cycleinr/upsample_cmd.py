@@ -19,7 +19,7 @@ import numpy as np
 
 from . import adapt_cli
 from .geometry import resolve_target_spacing
-from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, DEFAULT_WINDOW, select_device, upsample
+from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, DEFAULT_WINDOW, NOISE_MODES, select_device, upsample
 from .metrics import snli
 from .outputs import (
     FIGURE_FORMATS,
@@ -96,7 +96,7 @@ def add_model_options(p) -> None:
                    help=f"slices shared by neighbouring windows, 0 .. window-1 (default {DEFAULT_OVERLAP})")
     p.add_argument("--tile", type=int_at_least(8), metavar="PIXELS",
                    help=f"in-plane tile size, >= 8 (default: {DEFAULT_TILE['cpu']} on CPU, sized for the GPU on CUDA)")
-    p.add_argument("--noise", default="none", choices=["none", "match"],
+    p.add_argument("--noise", default="none", choices=NOISE_MODES,
                    help="match: give generated slices the noise level of the acquired ones (seeded white "
                         "noise of the missing variance; default none)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -22,9 +22,18 @@ from cycleinr.weights import load_model
 
 
 def with_band(model: CycleINR, band: float) -> CycleINR:
+    """The same weights decoded with another blend band."""
     copy = CycleINR(dataclasses.replace(model.config, blend_band=band))
     copy.load_state_dict(model.state_dict())
     return copy.eval()
+
+
+def central_crop(volume: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size`` x ``size`` in-plane part of a (z, y, x) volume (0: all of it)."""
+    if not size:
+        return volume
+    y0, x0 = (volume.shape[1] - size) // 2, (volume.shape[2] - size) // 2
+    return volume[:, y0:y0 + size, x0:x0 + size]
 
 
 def main():
@@ -36,10 +45,7 @@ def main():
     ap.add_argument("--crop", type=int, default=0, help="central in-plane crop (0: whole plane)")
     args = ap.parse_args()
     hr, _, _ = read_volume(args.volume)
-    hr = hr.astype(np.float32)
-    if args.crop:
-        y0, x0 = (hr.shape[1] - args.crop) // 2, (hr.shape[2] - args.crop) // 2
-        hr = hr[:, y0:y0 + args.crop, x0:x0 + args.crop]
+    hr = central_crop(hr.astype(np.float32), args.crop)
     base = load_model(args.model)
     print("scale | band | PSNR gain vs linear (generated slices, dB) | dip ratio | SNLI | seconds")
     for s in args.scales:

@@ -6,12 +6,11 @@ for the model's own blend band and for band 1e-6 (nearest-plane decoding, the fo
 """
 
 import argparse
-import dataclasses
 
 import numpy as np
 import torch
+from blend_band import with_band
 
-from cycleinr.model import CycleINR
 from cycleinr.volume_io import read_volume
 from cycleinr.weights import load_model
 
@@ -28,10 +27,9 @@ def main():
         lr = torch.from_numpy(hr[::args.every].astype(np.float32) / model.config.intensity_scale)[None, None]
         halves = torch.arange(lr.shape[2] - 1) + 0.5
         for band in (1e-6, model.config.blend_band):
-            probe = CycleINR(dataclasses.replace(model.config, blend_band=band))
-            probe.load_state_dict(model.state_dict())
+            probe = with_band(model, band)
             with torch.no_grad():
-                jump = (probe.eval()(lr, halves - 1e-6)[0] - probe(lr, halves + 1e-6)[0]).abs()
+                jump = (probe(lr, halves - 1e-6)[0] - probe(lr, halves + 1e-6)[0]).abs()
             jump = jump.numpy() * model.config.intensity_scale
             print(f"{name} band {band:g}: mean {jump.mean():.3f} HU, p99 {np.percentile(jump, 99):.2f}, "
                   f"max {jump.max():.1f}")

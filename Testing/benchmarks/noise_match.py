@@ -9,6 +9,7 @@ On a real thick CT (no ground truth; dip ratio and SNLI of the output vs the inp
 import argparse
 
 import numpy as np
+from blend_band import central_crop
 
 from cycleinr.degrade import simulate_thick
 from cycleinr.evaluate import new_slice_mask
@@ -26,10 +27,7 @@ def main():
     ap.add_argument("--crop", type=int, default=0, help="central in-plane crop (0: whole plane)")
     args = ap.parse_args()
     volume, geometry, _ = read_volume(args.volume)
-    volume = volume.astype(np.float32)
-    if args.crop:
-        y0, x0 = (volume.shape[1] - args.crop) // 2, (volume.shape[2] - args.crop) // 2
-        volume = volume[:, y0:y0 + args.crop, x0:x0 + args.crop]
+    volume = central_crop(volume.astype(np.float32), args.crop)
     print("scale | noise | dip ratio | SNLI out | SNLI in/HR | PSNR new (dB)")
     for s in args.scales:
         if args.thick:
