@@ -164,7 +164,7 @@ class CycleINRSRParameterNode:
     overlap: Annotated[int, WithinRange(0, 256)] = 0
     tile: Annotated[int, WithinRange(0, 4096)] = 0
     adaptSeconds: Annotated[float, WithinRange(0, 3600)] = 0.0
-    matchNoise: bool = False
+    matchNoise: bool = True
 
 
 #

@@ -159,7 +159,7 @@ def test_extra_model_runs_through_upsample(tmp_path):
     weights = save_model(tmp_path / "fresh.safetensors", CycleINR(preset("fast")))
     out = tmp_path / "res"
     rc = run_cli([small, "--scales", "3", "--methods", "linear", "--extra-model", f"INR={weights}",
-                  "--device", "cpu", "--out", out, "--no-figures", "--no-lpips"])
+                  "--device", "cpu", "--out", out, "--no-figures", "--no-lpips", "--noise", "none"])
     assert rc == 0
     by = {r["method"]: r for r in read_rows(out / "results.csv")}
     assert set(by) == {"HR", "linear", "INR"}

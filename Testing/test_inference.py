@@ -151,7 +151,7 @@ def test_match_noise_gives_generated_slices_the_noise_of_acquired_ones():
     rng = np.random.default_rng(0)
     vol = (np.linspace(-200, 200, 160)[None, None, :] + rng.normal(0, 20, (6, 160, 160))).astype(np.float32)
     model = CycleINR(preset("fast"))
-    plain = upsample(vol, (1, 1, 2.0), factor=2, model=model)
+    plain = upsample(vol, (1, 1, 2.0), factor=2, model=model, noise="none")
     matched = upsample(vol, (1, 1, 2.0), factor=2, model=model, noise="match", seed=3)
     generated = np.arange(len(plain.positions)) % 2 == 1
     before, after = noise_sigma_per_slice(plain.array), noise_sigma_per_slice(matched.array)
@@ -159,7 +159,7 @@ def test_match_noise_gives_generated_slices_the_noise_of_acquired_ones():
     assert abs(after[generated].mean() / after[~generated].mean() - 1) < 0.03, after
     assert np.all(np.abs(after[generated] / 20 - 1) < 0.1), after[generated]
     assert np.array_equal(matched.array[~generated], plain.array[~generated])
-    again = upsample(vol, (1, 1, 2.0), factor=2, model=model, noise="match", seed=3)
+    again = upsample(vol, (1, 1, 2.0), factor=2, model=model, seed=3)        # matching is the default
     assert np.array_equal(again.array, matched.array)
     with pytest.raises(ValueError, match="noise must be one of"):
         upsample(vol, (1, 1, 2.0), factor=2, model=model, noise="texture")

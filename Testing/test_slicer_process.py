@@ -28,7 +28,7 @@ def test_command_with_thickness_and_defaults():
     follows the progress lines and the 'cycleinr: model ... on ...' line."""
     cmd = proc.buildUpsampleCommand("py", "in.nrrd", "out.nrrd", thickness=1.25)
     assert cmd == ["py", "-m", "cycleinr", "upsample", "in.nrrd", "out.nrrd", "--thickness", "1.25",
-                   "--model", "auto", "--device", "auto"]
+                   "--model", "auto", "--device", "auto", "--noise", "match"]
     for model in ("default", "fast"):
         cmd = proc.buildUpsampleCommand("py", "i", "o", thickness=1, model=model, adaptSeconds=5, reportPath="r")
         assert cmd[cmd.index("--model") + 1] == model and "--quiet" not in cmd
@@ -40,17 +40,19 @@ def test_command_with_everything():
     assert cmd[:6] == ["py", "-m", "cycleinr", "upsample", "a b/in.nrrd", "out.nrrd"]
     args = cmd[6:]
     assert args == ["--factor", "4.0", "--model", "/w/m.safetensors", "--device", "cuda", "--window", "8",
-                    "--overlap", "2", "--tile", "128", "--report", "r.json"]
+                    "--overlap", "2", "--tile", "128", "--report", "r.json", "--noise", "match"]
 
 
 def test_match_noise_reaches_the_core_command_line():
-    """The panel's "Match noise" option becomes --noise match, which cycleinr's own parser accepts."""
+    """The panel's "Match noise" option (on by default, as in the core) is always stated on the command
+    line, --noise match or --noise none, and cycleinr's own parser accepts both."""
     from cycleinr.cli import build_parser
-    plain = proc.buildUpsampleCommand("py", "i.nrrd", "o.nrrd", thickness=1)
-    matched = proc.buildUpsampleCommand("py", "i.nrrd", "o.nrrd", thickness=1, matchNoise=True)
-    assert "--noise" not in plain and matched[-2:] == ["--noise", "match"]
-    assert build_parser().parse_args(matched[3:]).noise == "match"
+    default = proc.buildUpsampleCommand("py", "i.nrrd", "o.nrrd", thickness=1)
+    plain = proc.buildUpsampleCommand("py", "i.nrrd", "o.nrrd", thickness=1, matchNoise=False)
+    assert default[-2:] == ["--noise", "match"] and plain[-2:] == ["--noise", "none"]
+    assert build_parser().parse_args(default[3:]).noise == "match"
     assert build_parser().parse_args(plain[3:]).noise == "none"
+    assert build_parser().parse_args(default[3:-2]).noise == "match"     # the core's default agrees
 
 
 def test_command_zero_means_core_default():

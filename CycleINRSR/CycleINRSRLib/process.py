@@ -138,7 +138,7 @@ def buildUpsampleCommand(python: str, inputPath: str, outputPath: str, *, thickn
                          factor: float | None = None, model: str = AUTO_MODEL, device: str = "auto",
                          window: int | None = None, overlap: int | None = None, tile: int | None = None,
                          reportPath: str | None = None, adaptSeconds: float | None = None,
-                         matchNoise: bool = False) -> list[str]:
+                         matchNoise: bool = True) -> list[str]:
     """Argument list of ``python -m cycleinr upsample``. Exactly one of ``thickness`` (target slice
     spacing, mm) or ``factor``. ``window``/``overlap``/``tile`` of None or 0 mean the core's default
     (the flag is left out); overlap may be 0 only when set explicitly with a window. ``model`` is 'auto'
@@ -166,8 +166,7 @@ def buildUpsampleCommand(python: str, inputPath: str, outputPath: str, *, thickn
         command += ["--report", str(reportPath)]
     if adaptSeconds:                        # "Adapt to this scan": fine-tune a copy first (None or 0: off)
         command += ["--adapt", repr(_positive("adaptation time", adaptSeconds))]
-    if matchNoise:                          # generated slices get the acquired slices' noise level
-        command += ["--noise", "match"]
+    command += ["--noise", "match" if matchNoise else "none"]   # stated, whatever the core's default
     return command
 
 

@@ -31,7 +31,7 @@ class UpsampleSettings:
     overlap: int = 0
     tile: int = 0
     adaptSeconds: float = 0.0    # > 0: "Adapt to this scan" for at most this long before upsampling
-    matchNoise: bool = False     # generated slices get the acquired slices' noise level (--noise match)
+    matchNoise: bool = True      # generated slices get the acquired slices' noise level (--noise match|none)
 
 
 def validateSettings(inputNode, settings: UpsampleSettings) -> None:

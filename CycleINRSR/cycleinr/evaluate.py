@@ -22,7 +22,7 @@ import numpy as np
 
 from . import baselines, metrics
 from .degrade import MODES, simulate_thick
-from .noise import generated_mask
+from .noise import NOISE_MODES, generated_mask
 from .volume_io import VolumeError, read_volume
 
 MODEL_METHOD = "cycleinr"
@@ -54,10 +54,11 @@ def parse_extra_model(text: str) -> tuple[str, str]:
 
 
 class ModelMethod:
-    """A CycleINR network used as an evaluation method; loaded once, on first use."""
+    """A CycleINR network used as an evaluation method; loaded once, on first use. ``noise`` is upsample's
+    (default "match", what users get; "none" scores the network's own output)."""
 
-    def __init__(self, spec: str, device: str):
-        self.spec, self.device, self.model = spec, device, None
+    def __init__(self, spec: str, device: str, noise: str = "match"):
+        self.spec, self.device, self.noise, self.model = spec, device, noise, None
 
     def load(self) -> None:
         if self.model is None:
@@ -68,20 +69,20 @@ class ModelMethod:
     def __call__(self, lr: np.ndarray, spacing, factor: float) -> np.ndarray:
         from .inference import upsample
         self.load()
-        return upsample(lr, spacing, factor=factor, model=self.model, device=self.device).array
+        return upsample(lr, spacing, factor=factor, model=self.model, device=self.device, noise=self.noise).array
 
 
 def make_methods(names: list[str], model: str = "default", extra: list[tuple[str, str]] = (),
-                 device: str = "auto") -> dict:
+                 device: str = "auto", noise: str = "match") -> dict:
     """name -> callable(lr, spacing_xyz, factor) -> (z, y, x) float32 array on the upsample grid."""
     extra = dict(extra)
     names = list(dict.fromkeys(list(names) + list(extra)))
     methods = {}
     for name in names:
         if name in extra:
-            methods[name] = ModelMethod(extra[name], device)
+            methods[name] = ModelMethod(extra[name], device, noise)
         elif name == MODEL_METHOD:
-            methods[name] = ModelMethod(model, device)
+            methods[name] = ModelMethod(model, device, noise)
         elif name in baselines.METHODS:
             methods[name] = (lambda m: lambda lr, sp, f: baselines.interpolate(lr, sp, factor=f, method=m).array)(name)
         else:
@@ -415,7 +416,7 @@ def run(args) -> int:
     out_dir = Path(args.out)
     extra = list(args.extra_model or [])
     try:
-        methods = make_methods(args.methods, args.model, extra, args.device)
+        methods = make_methods(args.methods, args.model, extra, args.device, args.noise)
         for fn in methods.values():
             if isinstance(fn, ModelMethod):
                 fn.load()
@@ -496,6 +497,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="add a network as method NAME (repeatable; e.g. the ablations INR, INR+LAM, INR+CCL)")
     p.add_argument("--degradation", choices=MODES, default="interval", help="thick-slice model (default interval)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (networks and LPIPS)")
+    p.add_argument("--noise", choices=NOISE_MODES, default="match",
+                   help="networks' noise option, as in upsample (default match; none: the network's own output)")
     p.add_argument("--window", nargs=2, type=float, default=list(metrics.HU_WINDOW), metavar=("LO", "HI"),
                    help="HU clip window of PSNR/SSIM/LPIPS (default -1024 2048)")
     p.add_argument("--display-window", nargs=2, type=float, default=[-160.0, 240.0], metavar=("LO", "HI"),

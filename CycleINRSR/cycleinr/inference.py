@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from .geometry import Geometry, UpsampleResult, output_slice_positions, resolve_target_spacing
+from .metrics import noise_sigma_per_slice
 from .model import CycleINR
+from .noise import NOISE_MODES, match_noise
 from .volume_io import check_volume
 from .weights import load_model
 
@@ -35,7 +37,6 @@ DEFAULT_WINDOW, DEFAULT_OVERLAP = 24, 2
 DEFAULT_TILE = {"cpu": 112, "cuda": 512}
 POINTS_PER_CHUNK = {"cpu": 1 << 14, "cuda": 1 << 20}
 CUDA_MEMORY_SHARE = 0.5                   # of the free GPU memory that one window may take
-NOISE_MODES = ("none", "match")           # see noise.py
 
 
 class Cancelled(RuntimeError):
@@ -99,7 +100,7 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
              model="default", device="auto", window: int | None = None, overlap: int = DEFAULT_OVERLAP,
              tile: int | None = None, margin: int | None = None,
              progress: Callable[[int, int], None] | None = None, cancel=None,
-             noise: str = "none", seed: int = 0) -> UpsampleResult:
+             noise: str = "match", seed: int = 0) -> UpsampleResult:
     """Upsample a (z, y, x) volume along z to ``target_spacing`` mm (or by ``factor``).
 
     ``spacing`` is ITK (x, y, z) in mm (or a Geometry). The first output slice lies on the first input
@@ -109,8 +110,8 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
     ``progress(done, total)`` is called after each tile; ``cancel`` (a threading.Event or a callable
     returning True) stops the run with ``Cancelled``. The input array is never modified; the output stays
     within its value range. Deterministic on CPU; bfloat16 autocast on CUDA (interpolation weights,
-    residual and blending stay float32). ``noise="match"`` gives generated slices the noise level of the
-    acquired ones (``noise.py``; seeded by ``seed``).
+    residual and blending stay float32). ``noise="match"`` (the default) gives generated slices the noise
+    level of the acquired ones (``noise.py``; seeded by ``seed``); ``"none"`` returns the network's output.
     """
     check_volume(volume)
     spacing = _spacing_xyz(spacing)
@@ -164,9 +165,7 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
             numerator[inside] += wz[:, None, None] * blended.cpu().numpy()
             denominator[inside] += wz
     out = numerator / denominator[:, None, None] * cfg.intensity_scale + cfg.intensity_offset
-    if noise == "match":                                  # scikit-image is loaded only when asked for
-        from .metrics import noise_sigma_per_slice
-        from .noise import match_noise
+    if noise == "match":
         out = match_noise(out, positions, noise_sigma_per_slice(np.asarray(volume, dtype=np.float32)), seed)
     out = np.clip(out, float(np.min(volume)), float(np.max(volume)))
     spacing_out = (spacing[0], spacing[1], float(target))

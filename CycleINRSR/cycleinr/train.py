@@ -20,7 +20,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -257,12 +257,15 @@ def train(volumes: list[Volume], settings: TrainSettings, output: str | Path, va
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     config = preset(settings.preset, **settings.model_overrides)
-    model = CycleINR(config).to(dev)
+    start = None
     if init and not resume:
         from .weights import load_model
         start = load_model(init)
-        if start.config != config:
+        if replace(start.config, window_margin=config.window_margin) != config:
             raise ValueError(f"{init}: its configuration differs from the training preset's; fine-tuning needs the same")
+        config = start.config      # keeps its measured window margin (an inference setting, not architecture)
+    model = CycleINR(config).to(dev)
+    if start is not None:
         model.load_state_dict(start.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     history, best, start_epoch = [], {"val_psnr": -math.inf, "epoch": 0}, 0

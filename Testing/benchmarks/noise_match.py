@@ -1,9 +1,14 @@
 """What ``noise="match"`` does on real CT: noise dip ratio (generated/acquired sigma), SNLI and PSNR cost.
 
 With ground truth (a thin-slice volume, thick slices simulated by interval sampling):
-    python Testing/benchmarks/noise_match.py runs/data/head_test_crop.nrrd --model fast --scales 2 3 5
+    python Testing/benchmarks/noise_match.py runs/data/head_test_crop.nrrd --models fast --scales 2 3 5
+On a thick CT's in-plane check (its y axis as the slice axis, thin truth at the pixel spacing):
+    python Testing/benchmarks/noise_match.py ../shared/data/lung_dx_a0001_chest_ct_5mm.nrrd --transpose --crop 192
 On a real thick CT (no ground truth; dip ratio and SNLI of the output vs the input's SNLI):
     python Testing/benchmarks/noise_match.py Resources/SampleData/CycleINRSampleChestCT5mm.nrrd --thick --scales 2 3 5
+
+Linear interpolation is the first row of each scale; ``--models`` takes names or weights files (e.g. an
+older model kept under runs/ for a before/after table). PSNR is over the generated slices only.
 """
 
 import argparse
@@ -11,6 +16,7 @@ import argparse
 import numpy as np
 from blend_band import central_crop
 
+from cycleinr.baselines import interpolate
 from cycleinr.degrade import simulate_thick
 from cycleinr.evaluate import new_slice_mask
 from cycleinr.inference import upsample
@@ -18,31 +24,42 @@ from cycleinr.metrics import psnr, snli
 from cycleinr.volume_io import read_volume
 
 
+def outputs(lr, spacing, scale, models):
+    """(method, noise mode, output) for linear interpolation, then each model without and with matching."""
+    yield "linear", "none", interpolate(lr, spacing, factor=scale, method="linear").array
+    for model in models:
+        for noise in ("none", "match"):
+            yield model, noise, upsample(lr, spacing, factor=scale, model=model, device="cpu", noise=noise).array
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("volume")
-    ap.add_argument("--model", default="fast")
+    ap.add_argument("--models", nargs="+", default=["fast"])
     ap.add_argument("--scales", type=float, nargs="+", default=[2, 3, 5])
     ap.add_argument("--thick", action="store_true", help="the volume is a real thick-slice scan (no truth)")
     ap.add_argument("--crop", type=int, default=0, help="central in-plane crop (0: whole plane)")
+    ap.add_argument("--transpose", action="store_true", help="in-plane check of a thick scan: its y axis "
+                    "(thin truth at the pixel spacing) becomes the slice axis")
     args = ap.parse_args()
     volume, geometry, _ = read_volume(args.volume)
     volume = central_crop(volume.astype(np.float32), args.crop)
-    print("scale | noise | dip ratio | SNLI out | SNLI in/HR | PSNR new (dB)")
+    if args.transpose:
+        volume = np.ascontiguousarray(np.moveaxis(volume, 1, 0))
+    print("scale | method | noise | dip ratio | SNLI out | SNLI in/HR | PSNR generated (dB)")
     for s in args.scales:
         if args.thick:
             lr, spacing, ref = volume, geometry.spacing, None
         else:
             lr, _ = simulate_thick(volume, s)
             spacing, ref = (1.0, 1.0, float(s)), volume
-        for noise in ("none", "match"):
-            out = upsample(lr, spacing, factor=s, model=args.model, device="cpu", noise=noise).array
+        for name, noise, out in outputs(lr, spacing, s, args.models):
             new = new_slice_mask(len(out), s)
             result = snli(out)
             ratio = result.sigmas[new].mean() / result.sigmas[~new].mean()
             reference = snli(lr).value if ref is None else snli(ref[:len(out)]).value
             score = "-" if ref is None else f"{psnr(ref[:len(out)][new], out[new]):.2f}"
-            print(f"x{s:g} | {noise} | {ratio:.3f} | {result.value:.3f} | {reference:.3f} | {score}", flush=True)
+            print(f"x{s:g} | {name} | {noise} | {ratio:.3f} | {result.value:.3f} | {reference:.3f} | {score}", flush=True)
 
 
 if __name__ == "__main__":
