@@ -2,7 +2,6 @@
 
 import json
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,8 +222,12 @@ def test_training_scores_the_core_by_default(tmp_path, monkeypatch):
 def test_settings_saved_before_issue_11_keep_their_meaning():
     """Runs saved without the newer fields reload with the behaviour they had (no loss margin, their
     own degradation), and new settings round-trip."""
-    saved = json.loads((Path(__file__).resolve().parents[1] / "Resources" / "Models" / "cycleinr_fast.json"
-                        ).read_text(encoding="utf-8"))["training"]["settings"]
+    saved = {"preset": "fast", "model_overrides": {}, "scale_min": 2.0, "scale_max": 6.0,   # the settings of
+             "degradation": "interval", "cycle_weight": 1.0, "loss": "l2", "epochs": 100000,  # the fast model
+             "iterations_per_epoch": 20, "learning_rate": 0.001, "halve_every": 40,           # bundled before
+             "lr_slices": 6, "patch": 32, "batch_size": 4, "augment": True, "noise_hu": 10.0,  # issue 11
+             "seed": 0, "checkpoint_every": 5, "validate_every": 10, "validation_scales": [2.0, 3.0, 5.0],
+             "max_minutes": 29.0}
     old = TrainSettings.from_dict(saved)
     assert old.loss_margin == 0 and old.degradation == saved["degradation"] and old.patch == saved["patch"]
     from dataclasses import asdict
