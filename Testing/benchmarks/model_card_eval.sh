@@ -8,11 +8,15 @@ cd "$(dirname "$0")/../.."
 ABL=${1:-runs/ablation2}
 [ -f runs/data/head_test_crop.nrrd ] || python Testing/benchmarks/split_data.py ../shared/data runs/data
 python -m cycleinr lpips-weights >/dev/null 2>&1 || echo "LPIPS weights unavailable: LPIPS columns will say n/a"
+ablations=()                       # the ablation rows, when their weights are there (train_bundled.py --ablation)
+if [ -f "$ABL/inr_lam_ccl.safetensors" ]; then
+  for v in INR:inr INR+LAM:inr_lam INR+CCL:inr_ccl INR+LAM+CCL:inr_lam_ccl; do
+    ablations+=(--extra-model "fast:${v%%:*}=$ABL/${v##*:}.safetensors")
+  done
+else echo "no ablation weights in $ABL: their rows are left out"; fi
 python -m cycleinr evaluate runs/data/head_test_crop.nrrd --scales 2 3 5 \
   --methods nearest linear cubic sinc cycleinr --model default \
-  --extra-model "CycleINR-fast=fast" \
-  --extra-model "fast:INR=$ABL/inr.safetensors" --extra-model "fast:INR+LAM=$ABL/inr_lam.safetensors" \
-  --extra-model "fast:INR+CCL=$ABL/inr_ccl.safetensors" --extra-model "fast:INR+LAM+CCL=$ABL/inr_lam_ccl.safetensors" \
+  --extra-model "CycleINR-fast=fast" "${ablations[@]}" \
   --lpips alex vgg --device cpu --out runs/card/all
 python -m cycleinr evaluate runs/data/head_test_crop.nrrd --scales 2 5 --methods linear cubic cycleinr \
   --model default --extra-model "CycleINR-fast=fast" --no-lpips --device cpu --out runs/card/figures
