@@ -42,8 +42,7 @@ def flops_breakdown(config, n_lr_slices: int, n_out_slices: int, plane: int, z=N
     ``n_out_slices`` evenly spaced over the volume), by kind.
 
     ``conv``: encoder 3x3x3 convolutions per LR voxel; ``linear``: per LR voxel the query projection
-    and W_K^T q (fused attention), per decoder entry the decoder layers (W_V is folded into the
-    decoder's code projection once per pass); ``attention``: per LR
+    and W_K^T q (fused attention), per decoder entry W_V and the decoder layers; ``attention``: per LR
     voxel of an anchor plane its 27-code score table against 3 query planes and the batched value sum
     (padded to the busiest anchor). These are all matmuls, which torch's FlopCounterMode counts too.
     Biases, softmax and activations are ignored.
@@ -58,10 +57,10 @@ def flops_breakdown(config, n_lr_slices: int, n_out_slices: int, plane: int, z=N
     dims_out = [c.decoder_width] * (c.decoder_layers - 1) + [1]
     decoder = sum(i * o for i, o in zip(dims_in, dims_out, strict=True))
     attention = c.neighbours > 0
-    linear = (2 * c.code_length ** 2 * n_lr_slices if attention and n_out_slices else 0) + decoder * entries
-    folded = 2 * c.decoder_width * c.code_length ** 2 if attention and n_out_slices else 0   # W_V, once
+    linear = (2 * c.code_length ** 2 * n_lr_slices if attention and n_out_slices else 0) + \
+        (decoder + (c.code_length ** 2 if attention else 0)) * entries
     tables = 27 * c.code_length * (3 + most) * anchors if attention else 0
-    return {"conv": 2.0 * conv * n_lr_slices * plane, "linear": 2.0 * (linear * plane + folded),
+    return {"conv": 2.0 * conv * n_lr_slices * plane, "linear": 2.0 * linear * plane,
             "attention": 2.0 * tables * plane}
 
 

@@ -22,8 +22,7 @@ nearest-plane decoding outside the band). Either way the output is continuous in
 **Fused attention.** Q is affine in the code, so ``q(z) = (1 - t) q_lo + t q_hi``, and
 ``q . k_j = (W_K^T q) . z_j + q . b_K`` (the last term cancels in the softmax). So the 27 scores of a query
 are a blend of two per-LR-voxel score tables, and the value sum is ``W_V (sum_j a_j z_j) + b_V``, one
-small batched matmul per LR voxel over the 27 codes of its block; W_V itself is folded into the decoder's
-first and skip layers, which are the only consumers of the code. Nothing of size 27 x C exists per
+small batched matmul per LR voxel over the 27 codes of its block. Nothing of size 27 x C exists per
 query; the same code serves inference and training. Borders are clamped (replicated).
 """
 
@@ -93,35 +92,19 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out, strict=True))
         self.skip_layer = cfg.skip_layer
 
-    def code_projection(self, value: nn.Linear | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weight and bias that take the code to its terms in the first and the skip layer at once
-        (``2 width`` outputs, one matmul). With the attention's ``value`` projection folded in (the code
-        is ``W_V m + b_V``), the caller passes the attended mix ``m`` and no value vector is ever formed.
-        Computed in float32, also under autocast."""
-        width, skip = self.layers[0].out_features, self.layers[self.skip_layer]
-        with torch.autocast(self.layers[0].weight.device.type, enabled=False):
-            weight = torch.cat([self.layers[0].weight[:, 3:], skip.weight[:, width + 3:]])
-            bias = torch.cat([self.layers[0].bias, skip.bias])
-            if value is not None:
-                weight, bias = weight @ value.weight, bias + weight @ value.bias
-        return weight, bias
-
-    def forward(self, local_z: torch.Tensor, code: torch.Tensor,
-                projection: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, local_z: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """The MLP applied to ``cat([local_z, 0, 0, code])`` (3 local-coordinate channels, of which only z
-        is non-zero for z-only queries), without building either concatenation: the code enters the first
-        and the skip layer through one matmul (``code_projection``, default: no value projection), z as a
-        rank-one term. ``local_z`` has the shape of ``code`` without its last axis."""
-        weight, bias = projection if projection is not None else self.code_projection()
-        width = self.layers[0].out_features
-        first, later = nn.functional.linear(code, weight.to(code.dtype), bias.to(code.dtype)).split(width, dim=-1)
-        z = local_z[..., None].to(first.dtype)
-        h = torch.addcmul(first, z, self.layers[0].weight[:, 0].to(first.dtype))
+        is non-zero for z-only queries), without building either concatenation: z enters the first and
+        the skip layer as a rank-one term. ``local_z`` has the shape of ``code`` without its last axis."""
+        first = self.layers[0]
+        z = local_z[..., None].to(code.dtype)
+        h = torch.addcmul(nn.functional.linear(code, first.weight[:, 3:], first.bias), z, first.weight[:, 0].to(code.dtype))
         for n, layer in enumerate(self.layers[1:], start=1):
             h = torch.relu(h)
             if n == self.skip_layer:
-                h = torch.addcmul(later + nn.functional.linear(h, layer.weight[:, :width]), z,
-                                  layer.weight[:, width].to(first.dtype))
+                width = h.shape[-1]
+                h = torch.addcmul(nn.functional.linear(code, layer.weight[:, width + 3:], layer.bias)
+                                  + nn.functional.linear(h, layer.weight[:, :width]), z, layer.weight[:, width].to(code.dtype))
             else:
                 h = layer(h)
         return h.squeeze(-1)
@@ -186,7 +169,6 @@ class CycleINR(nn.Module):
         planes = torch.unique(anchor)
         per_group = len(planes) if chunk is None else max(1, chunk // (h * w))
         out = torch.zeros(codes.shape[0], len(z), h, w, device=codes.device, dtype=torch.float32)
-        projection = self.decoder.code_projection(self.attention.v if self.attention is not None else None)
         for group in torch.split(planes, per_group):
             sel = (anchor >= group[0]) & (anchor <= group[-1])
             g_rows, g_anchor = rows[sel], anchor[sel]
@@ -197,7 +179,7 @@ class CycleINR(nn.Module):
             else:
                 attended = self._attend(padded, queries, group, g_anchor, g_lo, g_hi, g_t)          # Eq. 4
             local = (2 * (z[g_rows] - g_anchor)).view(1, -1, 1, 1).expand(attended.shape[:-1])
-            value = self._decode_points(local, attended, chunk, projection)                      # Eq. 5
+            value = self._decode_points(local, attended, chunk)                                  # Eq. 5
             out.index_add_(1, g_rows, value * weight[sel].view(1, -1, 1, 1))
         if self.config.residual == "linear":
             image = lr[:, 0, :, y0:y1, x0:x1].float()
@@ -205,11 +187,11 @@ class CycleINR(nn.Module):
             out = out + image[:, lo] * (1 - t4) + image[:, hi] * t4
         return out
 
-    def _decode_points(self, local: torch.Tensor, code: torch.Tensor, chunk: int | None, projection) -> torch.Tensor:
+    def _decode_points(self, local: torch.Tensor, code: torch.Tensor, chunk: int | None) -> torch.Tensor:
         if chunk is None or local.numel() <= chunk:
-            return self.decoder(local, code, projection).float()
+            return self.decoder(local, code).float()
         flat, where = code.reshape(-1, code.shape[-1]), local.reshape(-1)
-        parts = [self.decoder(where[i:i + chunk], flat[i:i + chunk], projection).float()
+        parts = [self.decoder(where[i:i + chunk], flat[i:i + chunk]).float()
                  for i in range(0, len(flat), chunk)]
         return torch.cat(parts).view(local.shape)
 
@@ -226,8 +208,7 @@ class CycleINR(nn.Module):
         """Eq. 4 for entries anchored on the planes ``group`` (sorted): softmax over the 27 codes of the
         anchor's 3x3x3 block with q = (1 - t) q_lo + t q_hi. Per LR voxel of an anchor plane: its block
         (27 x C), a score table against the queries of the 3 planes around it, and one batched matmul
-        with the weights of all entries anchored there. Returns the weighted mix of raw codes; W_V is
-        folded into the decoder's code projection (``Decoder.code_projection``)."""
+        with the weights of all entries anchored there."""
         batch, depth, h, w = padded.shape[0], padded.shape[1], padded.shape[2] - 2, padded.shape[3] - 2
         channels, count = padded.shape[-1], len(group)
         near = (group[:, None] + torch.arange(-1, 2, device=group.device)).clamp(0, depth - 1).flatten()
@@ -249,7 +230,8 @@ class CycleINR(nn.Module):
         grouped = weights.new_zeros(batch, count * most, h, w, 27).index_copy(1, index, weights)
         grouped = grouped.view(batch, count, most, h, w, 27).permute(0, 1, 3, 4, 2, 5)
         mixed = torch.matmul(grouped, block)                               # (B, G, h, w, M, C)
-        return mixed.permute(0, 1, 4, 2, 3, 5).reshape(batch, count * most, h, w, channels).index_select(1, index)
+        mixed = mixed.permute(0, 1, 4, 2, 3, 5).reshape(batch, count * most, h, w, channels).index_select(1, index)
+        return self.attention.v(mixed)
 
     def forward(self, lr: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.decode(lr, self.encode(lr), z)
