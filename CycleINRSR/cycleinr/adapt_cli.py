@@ -1,8 +1,9 @@
 """``cycleinr upsample --adapt SECONDS [--save-adapted PATH]``: the command-line side of ``adapt``.
 
-Kept apart from ``upsample_cmd`` so that command only calls four functions: add the options, check them
-before any work (a bad budget or an unwritable weights path fails before minutes of adaptation), adapt,
-and stage the adapted weights with the other outputs (all appear together, or none).
+Kept apart from ``upsample_cmd`` so that command only calls a few functions: add the options, check them
+before any work (a bad budget or an unwritable weights path fails before minutes of adaptation), pass
+them to ``inference.upsample(adapt=...)`` (the one code path, as in Python), report what it did, and stage
+the adapted weights with the other outputs (all appear together, or none).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .adapt import adapt_model, check_budget, save_adapted
+from .adapt import check_budget, save_adapted
 from .outputs import check_distinct, check_output
 from .weights import json_path, models_dir
 
@@ -53,21 +54,26 @@ def _same(a, b) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-def run_adaptation(args, net, volume, geometry, target: float, device, say):
-    """Adapt ``net`` to the volume if --adapt was given; returns (model to use, report entry or None)."""
+def upsample_options(args, say) -> dict:
+    """The ``upsample`` keywords that adapt the model to the scan first (none without --adapt)."""
     if args.adapt is None:
-        return net, None
+        return {}
 
     def progress(elapsed, budget):
         say(f"progress {100 * elapsed / budget:.1f}% (adapting to this scan, {elapsed:.0f}/{budget:g} s)")
 
     say(f"adapting the model to this scan for at most {args.adapt:g} s")
-    adapted, report = adapt_model(net, volume, geometry.spacing, args.adapt, target_spacing=target,
-                                  degradation=args.degradation, seed=args.adapt_seed, device=device, progress=progress)
-    report = {"source_scan": Path(args.input).name, "model": str(getattr(net, "source", args.model)), **report}
-    say(f"adapted in {report['seconds']:.1f} s, {report['iterations']} steps: held-out loss "
-        f"{report['loss_before']:.4g} -> {report['loss_after']:.4g}; using the {report['kept']} weights")
-    return adapted, report
+    return {"adapt": args.adapt, "degradation": args.degradation, "seed": args.adapt_seed, "adapt_progress": progress}
+
+
+def report_entry(args, net, adaptation: dict | None, say) -> dict | None:
+    """The report's "adaptation" entry (the scan and base model named), said in one line; None without."""
+    if adaptation is None:
+        return None
+    report = {"source_scan": Path(args.input).name, "model": str(getattr(net, "source", args.model)), **adaptation}
+    say(f"adapted in {report['seconds']:.1f} s, {report['iterations']} steps: loss on the fixed patches "
+        f"{report['loss_before']:.4g} -> {report['loss_after']:.4g}; used the {report['kept']} weights")
+    return report
 
 
 def stage_adapted(staged, path: Path | None, net, report: dict | None) -> None:

@@ -84,12 +84,16 @@ class UpsampleResult:
     """An upsampled (z, y, x) float32 array and where its slices are.
 
     ``spacing`` is the output's ITK (x, y, z) spacing; ``positions`` are the output slices' positions in
-    input slice-index units (``positions[0] == 0``). Origin and direction are the input's.
+    input slice-index units (``positions[0] == 0``). Origin and direction are the input's. With
+    ``upsample(adapt=...)``: ``adaptation`` is what per-scan adaptation did (iterations, seconds, loss
+    before/after, ``kept``: which weights were used) and ``adapted_model`` the network that upsampled.
     """
 
     array: np.ndarray
     spacing: tuple[float, float, float]
     positions: np.ndarray
+    adaptation: dict | None = None
+    adapted_model: object | None = None       # a CycleINR (not imported here: this module needs no torch)
 
     def geometry(self, input_geometry: Geometry) -> Geometry:
         return input_geometry.with_slice_spacing(self.spacing[2])

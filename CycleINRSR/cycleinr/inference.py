@@ -100,7 +100,8 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
              model="default", device="auto", window: int | None = None, overlap: int = DEFAULT_OVERLAP,
              tile: int | None = None, margin: int | None = None,
              progress: Callable[[int, int], None] | None = None, cancel=None,
-             noise: str = "match", seed: int = 0) -> UpsampleResult:
+             noise: str = "match", seed: int = 0, adapt: float | None = None, degradation: str = "interval",
+             adapt_progress: Callable[[float, float], None] | None = None) -> UpsampleResult:
     """Upsample a (z, y, x) volume along z to ``target_spacing`` mm (or by ``factor``).
 
     ``spacing`` is ITK (x, y, z) in mm (or a Geometry). The first output slice lies on the first input
@@ -112,6 +113,13 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
     within its value range. Deterministic on CPU; bfloat16 autocast on CUDA (interpolation weights,
     residual and blending stay float32). ``noise="match"`` (the default) gives generated slices the noise
     level of the acquired ones (``noise.py``; seeded by ``seed``); ``"none"`` returns the network's output.
+
+    ``adapt=SECONDS`` first fine-tunes a copy of the model on this volume's own in-plane axes for at most
+    that long (``adapt.adapt_model``: ``degradation`` is the input's slice profile, interval or slab;
+    ``seed`` seeds it; ``cancel`` stops it; ``adapt_progress(elapsed, seconds)`` follows it), then
+    upsamples with the copy. The model given (or its file) is never modified; the result's
+    ``adaptation`` holds the report (iterations, seconds, loss before/after, which weights were kept)
+    and ``adapted_model`` the copy (``adapt.save_adapted`` writes it).
     """
     check_volume(volume)
     spacing = _spacing_xyz(spacing)
@@ -124,8 +132,16 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
         raise ValueError(f"overlap must be >= 0, got {overlap}")
     if noise not in NOISE_MODES:
         raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
+    if adapt is not None:                     # adapt imports this module: loaded only when asked for
+        from .adapt import adapt_model, check_budget
+
+        check_budget(adapt)                   # a bad budget fails before the model is loaded
     dev = select_device(device)
     net = _resolve_model(model, dev)
+    report = None
+    if adapt is not None:
+        net, report = adapt_model(net, volume, spacing, adapt, target_spacing=target, degradation=degradation,
+                                  seed=seed, device=dev, progress=adapt_progress, cancel=cancel)
     cfg = net.config
     margin = default_margin(cfg) if margin is None else max(int(margin), 0)
     n, h, w = volume.shape
@@ -169,7 +185,8 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
         out = match_noise(out, positions, noise_sigma_per_slice(np.asarray(volume, dtype=np.float32)), seed)
     out = np.clip(out, float(np.min(volume)), float(np.max(volume)))
     spacing_out = (spacing[0], spacing[1], float(target))
-    return UpsampleResult(out.astype(np.float32), spacing_out, positions)
+    return UpsampleResult(out.astype(np.float32), spacing_out, positions, adaptation=report,
+                          adapted_model=net if report is not None else None)
 
 
 def default_margin(config) -> int:

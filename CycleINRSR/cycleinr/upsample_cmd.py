@@ -136,15 +136,18 @@ def input_warnings(volume: np.ndarray, factor: float, net, model_spec: str) -> l
     return found
 
 
-def upsample_volume(volume, geometry, target: float, net, device, args, progress=None) -> dict:
-    """Run the network on one volume; returns the output array, its geometry, timing and report."""
+def upsample_volume(volume, geometry, target: float, net, device, args, progress=None, adapt=None) -> dict:
+    """Run the network on one volume (``adapt``: upsample's adaptation keywords, ``adapt_cli``); returns
+    the output array, its geometry, the upsampling time (adaptation reports its own) and the adaptation."""
     start = time.perf_counter()
     sizes = {"window": args.window} if args.window is not None else {}     # else inference's default
     result = upsample(volume, geometry.spacing, target_spacing=target, model=net, device=device,
-                      overlap=args.overlap, tile=args.tile, progress=progress, noise=args.noise, **sizes)
-    seconds = time.perf_counter() - start
+                      overlap=args.overlap, tile=args.tile, progress=progress, noise=args.noise, **sizes,
+                      **(adapt or {}))
+    seconds = time.perf_counter() - start - (result.adaptation or {}).get("seconds", 0.0)
     array = cast_like(result.array, volume.dtype)
-    return {"array": array, "geometry": result.geometry(geometry), "seconds": seconds}
+    return {"array": array, "geometry": result.geometry(geometry), "seconds": seconds,
+            "adaptation": result.adaptation, "adapted_model": result.adapted_model}
 
 
 def make_report(volume, array, geometry, target, chosen, net, device, seconds, warnings) -> dict:
@@ -171,13 +174,13 @@ def run(args) -> int:
     say(f"model {chosen} on {device}")
     for text in warnings:
         print(f"cycleinr: warning: {text}", file=sys.stderr, flush=True)
-    net, adaptation = adapt_cli.run_adaptation(args, net, volume, geometry, target, device, say)
 
     def progress(done, total):
         say(f"progress {100 * done / total:.1f}% (window {done}/{total})")
 
-    done = upsample_volume(volume, geometry, target, net, device, args, progress)
+    done = upsample_volume(volume, geometry, target, net, device, args, progress, adapt_cli.upsample_options(args, say))
     array, seconds = done["array"], done["seconds"]
+    adaptation = adapt_cli.report_entry(args, net, done["adaptation"], say)
     with Staged() as staged:
         staged.write(out, lambda tmp: write_image_file(tmp, array, done["geometry"]), format_of(out, VOLUME_FORMATS))
         if report_path:
@@ -192,7 +195,7 @@ def run(args) -> int:
             staged.write(figure_path, lambda tmp: comparison_figure(tmp, volume, array, geometry.spacing, target,
                                                                     geometry.direction, title=title),
                          format_of(figure_path, FIGURE_FORMATS))
-        adapt_cli.stage_adapted(staged, adapt_path, net, adaptation)
+        adapt_cli.stage_adapted(staged, adapt_path, done["adapted_model"], adaptation)
         written = staged.commit()
     print(f"cycleinr: wrote {', '.join(str(p) for p in written)} ({array.shape[0]} slices of {target:g} mm, from "
           f"{volume.shape[0]} of {geometry.slice_spacing:g} mm) in {seconds:.1f} s on {device}", file=sys.stderr,

@@ -13,13 +13,11 @@ the slice axis (thin truth at the in-plane pixel spacing), so the adaptation can
 """
 
 import argparse
-import time
 
 import numpy as np
 import torch
 from noise_dips import dip_ratio
 
-from cycleinr.adapt import adapt_model
 from cycleinr.degrade import simulate_thick
 from cycleinr.inference import upsample
 from cycleinr.metrics import psnr, snli
@@ -27,9 +25,8 @@ from cycleinr.volume_io import read_volume
 from cycleinr.weights import load_model
 
 
-def score(hr, lr, spacing, thin, scale, model, device) -> tuple[float, float]:
+def score(hr, out, scale) -> tuple[float, float]:
     """PSNR against the thin slices the output lands on, and the noise-dip ratio of the output."""
-    out = upsample(lr, spacing, target_spacing=thin, model=model, device=device).array
     return psnr(hr[:len(out)], out), dip_ratio(snli(out).sigmas, scale)
 
 
@@ -44,6 +41,9 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--noise", default="none", choices=["none", "match"],
+                    help="upsample's noise option (default none: the network's own output, whose dip ratio "
+                         "adaptation may change; match restores the noise level either way)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -60,16 +60,15 @@ def main():
         lr, _ = simulate_thick(hr, s, args.degradation)
         spacing = (sx, sy, sz * s)
 
-        p0, d0 = score(hr, lr, spacing, sz, s, base, args.device)
+        run = dict(target_spacing=sz, model=base, device=args.device, noise=args.noise, seed=args.seed)
+        p0, d0 = score(hr, upsample(lr, spacing, **run).array, s)
         hr_dip = dip_ratio(snli(hr[:int(np.floor((len(lr) - 1) * s + 1e-6)) + 1]).sigmas, s)
         print(f"x{s:g} | 0 | - | - | - | {p0:.2f} | - | {d0:.3f}  (HR's own dip ratio {hr_dip:.3f})", flush=True)
         for budget in args.budgets:
-            start = time.perf_counter()
-            net, rep = adapt_model(base, lr, spacing, budget, target_spacing=sz, degradation=args.degradation,
-                                   seed=args.seed, device=args.device)
-            used = time.perf_counter() - start
-            p, d = score(hr, lr, spacing, sz, s, net, args.device)
-            print(f"x{s:g} | {budget:g} | {rep['iterations']} | {used:.1f} | {rep['loss_before']:.3e} -> "
+            result = upsample(lr, spacing, **run, adapt=budget, degradation=args.degradation)
+            rep = result.adaptation
+            p, d = score(hr, result.array, s)
+            print(f"x{s:g} | {budget:g} | {rep['iterations']} | {rep['seconds']:.1f} | {rep['loss_before']:.3e} -> "
                   f"{rep['loss_after']:.3e} ({rep['kept'].split()[0]}) | {p:.2f} | {p - p0:+.2f} | {d:.3f}", flush=True)
 
 
