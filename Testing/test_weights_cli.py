@@ -153,19 +153,23 @@ def test_model_choice_needs_no_torch():
 
 
 def test_cli_noise_match_reaches_upsample(tmp_path):
-    """``--noise match`` on the command line fills the noise dip of generated slices (report sigmas),
-    which ``--noise none`` leaves; an untrained model is linear interpolation, so the dip is certain."""
+    """``--noise match`` on the command line (the default) fills the noise dip of generated slices (report
+    sigmas), which ``--noise none`` leaves; an untrained model is linear interpolation, so the dip is
+    certain. The report says which was applied."""
     rng = np.random.default_rng(1)
     vol = (rng.normal(0, 30, (5, 128, 128))).astype(np.int16)
     src = tmp_path / "in.nrrd"
     write_nrrd(src, vol, (1.0, 1.0, 4.0))
     fresh = save_model(tmp_path / "fresh.safetensors", CycleINR(preset("fast")))
     ratios = {}
-    for mode in ("none", "match"):
+    for mode in ("none", "match", "default"):
         report = tmp_path / f"{mode}.json"
+        chosen = [] if mode == "default" else ["--noise", mode]
         proc = run_cli("upsample", src, tmp_path / f"{mode}.nrrd", "--factor", "2", "--model", fresh,
-                       "--device", "cpu", "--noise", mode, "--report", report, "--quiet")
+                       "--device", "cpu", *chosen, "--report", report, "--quiet")
         assert proc.returncode == 0, proc.stderr
-        sigmas = np.array(json.loads(report.read_text(encoding="utf-8"))["output"]["sigmas"])
+        written = json.loads(report.read_text(encoding="utf-8"))
+        assert written["noise"] == ("match" if mode == "default" else mode)
+        sigmas = np.array(written["output"]["sigmas"])
         ratios[mode] = sigmas[1::2].mean() / sigmas[0::2].mean()
-    assert ratios["none"] < 0.8 and abs(ratios["match"] - 1) < 0.05, ratios
+    assert ratios["none"] < 0.8 and abs(ratios["match"] - 1) < 0.05 and ratios["default"] == ratios["match"], ratios

@@ -150,11 +150,11 @@ def upsample_volume(volume, geometry, target: float, net, device, args, progress
             "adaptation": result.adaptation, "adapted_model": result.adapted_model}
 
 
-def make_report(volume, array, geometry, target, chosen, net, device, seconds, warnings) -> dict:
+def make_report(volume, array, geometry, target, chosen, net, device, seconds, warnings, noise) -> dict:
     return {"input": _snli_dict(volume), "output": _snli_dict(array), "factor": geometry.slice_spacing / target,
             "target_spacing": target, "input_spacing": geometry.slice_spacing, "model": chosen,
             "model_file": str(getattr(net, "source", "")), "device": str(device), "seconds": round(seconds, 3),
-            "output_shape": list(array.shape), "warnings": warnings,
+            "output_shape": list(array.shape), "warnings": warnings, "noise": noise,
             "snli_note": "SNLI: spread of the per-slice noise level; lower = generated slices match acquired ones"}
 
 
@@ -184,7 +184,7 @@ def run(args) -> int:
     with Staged() as staged:
         staged.write(out, lambda tmp: write_image_file(tmp, array, done["geometry"]), format_of(out, VOLUME_FORMATS))
         if report_path:
-            report = make_report(volume, array, geometry, target, chosen, net, device, seconds, warnings)
+            report = make_report(volume, array, geometry, target, chosen, net, device, seconds, warnings, args.noise)
             if adaptation:
                 report["adaptation"] = adaptation
             text = json.dumps(report, indent=1) + "\n"
