@@ -35,7 +35,10 @@ fast model, steps capped, one thread on a loaded 2-core CPU, seed 0):
   2-4x the step time), the loss on the patch core only (+0.25 / +0.07, within the noise).
 
 At x5 nothing tried helped on this split, where even fitting the true thin slices themselves for 100
-steps gave only +0.43 (x3) / +0.17 dB (x5): the model was trained on this head.
+steps gave only +0.43 (x3) / +0.17 dB (x5): the model was trained on this head. Held out, the gain did
+not carry over: -0.05 to -0.09 dB at x3 and -0.11 to -0.15 at x5 on the head slab for 15-300 s, -0.07 /
+-0.02 dB on the chest's in-plane check (model card, "Per-scan adaptation"). The split was a poor place
+to choose: the model was trained on its very in-plane profiles, so there adaptation re-fits them.
 
 The thin spacing is the input's slice spacing over the ratio rounded to one decimal (the scales
 ``data.sample_batch`` draws), so the simulated thick slices are exactly the input's slice spacing apart

@@ -6,7 +6,7 @@ the adapted model upsample it back, scored against the thin slices the output la
 the mean noise sigma of generated slices over that of acquired ones (``noise_dips.py``; HR's own ~1).
 
     python Testing/benchmarks/split_data.py /work/shared/data runs/data
-    python Testing/benchmarks/adapt_gain.py runs/data/head_test_crop.nrrd --scales 3 5 --budgets 30 120 --threads 1
+    python Testing/benchmarks/adapt_gain.py runs/data/head_test_crop.nrrd --scales 3 5 --budgets 15 30 60 120 300 --threads 2
 
 ``--transpose`` evaluates a thick-slice scan on its in-plane check instead: the array's y axis becomes
 the slice axis (thin truth at the in-plane pixel spacing), so the adaptation can only use x.
