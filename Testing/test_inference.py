@@ -177,3 +177,19 @@ def test_cuda_sizes_follow_free_memory(free_gb, whole):
     assert 2 <= window <= 64 and 64 <= tile <= 512
     smaller = inference.window_and_tile(cfg, torch.device("cuda"), (64, 512, 512), 10, free_bytes=(free_gb << 30) // 4)
     assert smaller[0] * smaller[1] ** 2 <= window * tile ** 2
+
+
+def test_bfloat16_precision_on_cpu_is_close_to_float32():
+    """precision="bfloat16" really runs the network in bf16 on a CPU (the output differs from float32)
+    and stays close to it (the residual and blending are float32); 'auto' is float32 on a CPU; an unknown
+    precision is refused."""
+    vol = phantom()[8:20, 8:40, 8:40] * 1000.0
+    model = make_model(seed=3)
+    run = dict(factor=2.5, model=model, device="cpu", noise="none")
+    exact = upsample(vol, (1, 1, 2.5), precision="float32", **run).array
+    assert np.array_equal(upsample(vol, (1, 1, 2.5), **run).array, exact)
+    half = upsample(vol, (1, 1, 2.5), precision="bfloat16", **run).array
+    diff = np.abs(half - exact)
+    assert 0 < diff.max() and diff.mean() < 0.01 * np.abs(exact - exact.mean()).mean(), (diff.max(), diff.mean())
+    with pytest.raises(ValueError, match="precision must be one of"):
+        upsample(vol, (1, 1, 2.5), precision="half", **run)
