@@ -242,8 +242,8 @@ def test_settings_saved_before_issue_11_keep_their_meaning():
 
 def test_init_starts_from_given_weights(tmp_path):
     """Fine-tuning: with a zero learning rate the written weights are exactly the initial ones, and the
-    start's measured window margin (an inference setting, as the bundled paper model has) is kept; an
-    architecture that differs from the preset is refused."""
+    start's measured window margin (an inference setting, as the bundled paper model has) is kept, also
+    by a resumed run; an architecture that differs from the preset is refused."""
     from cycleinr.weights import save_model
     start = save_model(tmp_path / "start.safetensors", make_model(seed=9, window_margin=2))
     out = tmp_path / "tuned.safetensors"
@@ -251,6 +251,10 @@ def test_init_starts_from_given_weights(tmp_path):
     tuned, original = load_model(out).state_dict(), load_model(start).state_dict()
     assert all(torch.equal(tuned[k], original[k]) for k in original)
     assert load_model(out).config.window_margin == 2
+    part = tmp_path / "part.safetensors"
+    train(VOLUMES, settings(), part, device="cpu", init=start, stop_after_epoch=1)
+    train(VOLUMES, settings(), part, device="cpu", resume=tmp_path / "part.ckpt.safetensors")
+    assert load_model(part).config.window_margin == 2
     other = save_model(tmp_path / "other.safetensors", make_model(seed=9, code_length=8))
     with pytest.raises(ValueError, match="configuration differs"):
         train(VOLUMES, settings(epochs=1), tmp_path / "x.safetensors", device="cpu", init=other)

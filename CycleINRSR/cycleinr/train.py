@@ -17,6 +17,7 @@ the same weights as an uninterrupted one with the same seed.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from .data import Batch, Volume, sample_batch
 from .degrade import MODES, simulate_thick
 from .inference import Cancelled, _check_cancel, default_margin, select_device, upsample
 from .model import CycleINR
-from .weights import WeightsError, load_tensors, save_model, save_tensors
+from .weights import WeightsError, json_path, load_tensors, save_model, save_tensors
 
 NORMS = {"l1": lambda d: d.abs().mean(), "l2": lambda d: d.square().mean()}
 
@@ -221,6 +222,23 @@ def load_checkpoint(path: Path, model, opt, rng: np.random.Generator) -> dict:
     return meta
 
 
+def _keep_measured_margin(config: ModelConfig, saved: ModelConfig | None) -> ModelConfig:
+    """``saved`` if it is the preset's ``config`` but for ``window_margin``, the sliding-window context
+    measured for trained weights (an inference setting, not architecture, so fine-tuning keeps it); else
+    ``config``, whose mismatch the caller reports."""
+    same = saved is not None and replace(saved, window_margin=config.window_margin) == config
+    return saved if same else config
+
+
+def _checkpoint_config(path) -> ModelConfig | None:
+    """The model configuration a checkpoint's JSON records, or None where it cannot be read
+    (``load_checkpoint`` then says what is wrong)."""
+    try:
+        return ModelConfig.from_dict(json.loads(json_path(Path(path)).read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _snapshot(model, opt, rng) -> tuple:
     return (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), rng.bit_generator.state,
             torch.get_rng_state())
@@ -262,9 +280,11 @@ def train(volumes: list[Volume], settings: TrainSettings, output: str | Path, va
     if init and not resume:
         from .weights import load_model
         start = load_model(init)
-        if replace(start.config, window_margin=config.window_margin) != config:
+        if _keep_measured_margin(config, start.config) is not start.config:
             raise ValueError(f"{init}: its configuration differs from the training preset's; fine-tuning needs the same")
-        config = start.config      # keeps its measured window margin (an inference setting, not architecture)
+        config = start.config
+    elif resume:                   # a fine-tuned run's checkpoint holds its init's margin
+        config = _keep_measured_margin(config, _checkpoint_config(resume))
     model = CycleINR(config).to(dev)
     if start is not None:
         model.load_state_dict(start.state_dict())
