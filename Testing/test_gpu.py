@@ -15,11 +15,28 @@ pytestmark = [pytest.mark.gpu,
 def test_cuda_matches_cpu_within_bfloat16_precision():
     model = make_model(seed=2)
     vol = phantom((10, 40, 40)).astype(np.float32)
-    cpu = upsample(vol, (1, 1, 3.0), factor=3, model=model, device="cpu").array
-    gpu = upsample(vol, (1, 1, 3.0), factor=3, model=make_model(seed=2), device="cuda").array
+    cpu = upsample(vol, (1, 1, 3.0), factor=3, model=model, device="cpu", noise="none").array
+    gpu = upsample(vol, (1, 1, 3.0), factor=3, model=make_model(seed=2), device="cuda", noise="none").array
     assert gpu.shape == cpu.shape
     assert np.abs(gpu - cpu).max() < 0.02 * np.ptp(cpu)          # bfloat16 autocast of the network
     assert np.abs(gpu - cpu).mean() < 0.002 * np.ptp(cpu)
+
+
+def test_noise_matching_on_cuda_estimates_like_the_cpu_and_reaches_its_target():
+    """Noise matching runs on the model's device: the same sigmas as on the CPU, and generated slices of
+    white 20 HU noise come back to the acquired level (CUDA draws its own noise, so not the CPU's values)."""
+    from cycleinr.noise import match_noise, noise_sigmas
+    rng = np.random.default_rng(0)
+    vol = (np.linspace(-200, 200, 160)[None, None, :] + rng.normal(0, 20, (6, 160, 160))).astype(np.float32)
+    images = torch.from_numpy(vol)
+    assert torch.allclose(noise_sigmas(images.cuda()).cpu(), noise_sigmas(images), rtol=1e-4)
+    out = upsample(vol, (1, 1, 2.0), factor=2, model=make_model(seed=2), device="cuda", seed=3).array
+    generated = noise_sigmas(torch.from_numpy(out[1::2])).numpy()
+    assert np.all(np.abs(generated / 20 - 1) < 0.1), generated
+    plain = upsample(vol, (1, 1, 2.0), factor=2, model=make_model(seed=2), device="cuda", noise="none")
+    sigmas = noise_sigmas(images).double().numpy()
+    first, second = (match_noise(plain.array, plain.positions, sigmas, seed=3, device="cuda") for _ in range(2))
+    assert np.array_equal(first, second)                      # seeded on the device
 
 
 def test_auto_device_picks_cuda():

@@ -1,6 +1,7 @@
 """upsample(): output grid and geometry, sliding windows, bad inputs, progress and cancel."""
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,6 +164,28 @@ def test_match_noise_gives_generated_slices_the_noise_of_acquired_ones():
     assert np.array_equal(again.array, matched.array)
     with pytest.raises(ValueError, match="noise must be one of"):
         upsample(vol, (1, 1, 2.0), factor=2, model=model, noise="texture")
+
+
+def test_torch_noise_estimate_equals_skimage_on_real_ct():
+    """The batched torch estimator behind noise matching (runs on the model's device) gives the
+    Donoho-Johnstone sigma of skimage/PyWavelets: real head CT slices, a slice with a zero-filled region
+    (exact zeros ignored), odd and tiny sizes, and a constant slice (0)."""
+    from skimage.restoration import estimate_sigma
+
+    from cycleinr.noise import noise_sigmas
+    from cycleinr.volume_io import read_volume
+    real = read_volume(Path(__file__).parent / "data" / "head_heldout_slab.nrrd")[0].astype(np.float32)
+    images = [real[k] for k in range(0, len(real), 4)]
+    padded = real[1].copy()
+    padded[:, :20] = 0.0
+    rng = np.random.default_rng(1)
+    images += [padded, real[2, :37, :53], rng.normal(0, 7, (5, 6)).astype(np.float32)]
+    for image in images:
+        ours = float(noise_sigmas(torch.from_numpy(np.ascontiguousarray(image))[None])[0])
+        reference = estimate_sigma(image.astype(np.float64), channel_axis=None)
+        assert ours == pytest.approx(reference, rel=1e-4), image.shape
+    constant = torch.full((1, 16, 16), -1024.0)
+    assert float(noise_sigmas(constant)[0]) == 0.0
 
 
 @pytest.mark.parametrize("free_gb, whole", [(80, True), (8, False), (1, False)])

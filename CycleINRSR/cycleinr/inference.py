@@ -23,9 +23,8 @@ import numpy as np
 import torch
 
 from .geometry import Geometry, UpsampleResult, output_slice_positions, resolve_target_spacing
-from .metrics import noise_sigma_per_slice
 from .model import CycleINR
-from .noise import NOISE_MODES, match_noise
+from .noise import NOISE_MODES, input_noise_sigmas, match_noise
 from .volume_io import check_volume
 from .weights import load_model
 
@@ -185,7 +184,7 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
             denominator[inside] += wz
     out = numerator / denominator[:, None, None] * cfg.intensity_scale + cfg.intensity_offset
     if noise == "match":
-        out = match_noise(out, positions, noise_sigma_per_slice(np.asarray(volume, dtype=np.float32)), seed)
+        out = match_noise(out, positions, input_noise_sigmas(volume, dev), seed, dev)   # on the device
     out = np.clip(out, float(np.min(volume)), float(np.max(volume)))
     spacing_out = (spacing[0], spacing[1], float(target))
     return UpsampleResult(out.astype(np.float32), spacing_out, positions, adaptation=report,
