@@ -188,6 +188,17 @@ def test_torch_noise_estimate_equals_skimage_on_real_ct():
     assert float(noise_sigmas(constant)[0]) == 0.0
 
 
+def test_output_is_assembled_on_the_device_when_it_fits():
+    """The output volume lives on the model's device (blend, noise matching and clamp there, one transfer
+    at the end) unless a CUDA output would take over a quarter of the free GPU memory; CPU runs stay on
+    the host. A 316 x 512 x 512 float32 output is 331 MB."""
+    shape = (316, 512, 512)
+    cuda = torch.device("cuda")
+    assert inference.output_device(cuda, shape, free_bytes=80 << 30) == cuda
+    assert inference.output_device(cuda, shape, free_bytes=1 << 30) == torch.device("cpu")
+    assert inference.output_device(torch.device("cpu"), shape) == torch.device("cpu")
+
+
 @pytest.mark.parametrize("free_gb, whole", [(80, True), (8, False), (1, False)])
 def test_cuda_sizes_follow_free_memory(free_gb, whole):
     """CUDA window/tile sizing (a pure function of the free memory, so checkable without a GPU): a

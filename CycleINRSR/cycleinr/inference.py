@@ -36,6 +36,7 @@ DEFAULT_WINDOW, DEFAULT_OVERLAP = 24, 2
 DEFAULT_TILE = {"cpu": 112, "cuda": 512}
 POINTS_PER_CHUNK = {"cpu": 1 << 14, "cuda": 1 << 20}
 CUDA_MEMORY_SHARE = 0.5                   # of the free GPU memory that one window may take
+OUTPUT_MEMORY_SHARE = 0.25                # of the free GPU memory that the output volume may take
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
@@ -154,11 +155,12 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
     positions = output_slice_positions(n, spacing[2], target)
 
     norm = torch.from_numpy((np.asarray(volume, dtype=np.float32) - cfg.intensity_offset) / cfg.intensity_scale)
-    numerator = np.zeros((len(positions), h, w), dtype=np.float32)
-    denominator = np.zeros(len(positions), dtype=np.float32)
     z_spans = spans(n, window, overlap)
     y_spans, x_spans = spans(h, tile, overlap), spans(w, tile, overlap)
     wy, wx = _tile_weights(y_spans, h, dev), _tile_weights(x_spans, w, dev)
+    home = output_device(dev, (len(positions), h, w))
+    out = torch.zeros((len(positions), h, w), dtype=torch.float32, device=home) if len(z_spans) > 1 else None
+    weight_sum = torch.zeros(len(positions), dtype=torch.float32, device=home)
     total, done = len(z_spans) * len(y_spans) * len(x_spans), 0
     chunk = int(os.environ.get("CYCLEINR_POINTS_PER_CHUNK", POINTS_PER_CHUNK[dev.type]))
     with torch.inference_mode(), autocast_for(dev, precision):
@@ -179,16 +181,35 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
                     done += 1
                     if progress is not None:
                         progress(done, total)
-            wz = gaussian(positions[inside], za, zb)
-            numerator[inside] += wz[:, None, None] * blended.cpu().numpy()
-            denominator[inside] += wz
-    out = numerator / denominator[:, None, None] * cfg.intensity_scale + cfg.intensity_offset
-    if noise == "match":
-        out = match_noise(out, positions, input_noise_sigmas(volume, dev), seed, dev)   # on the device
-    out = np.clip(out, float(np.min(volume)), float(np.max(volume)))
+            if out is None:                            # one z window: nothing to blend along z
+                out, weight_sum = blended.to(home), torch.ones(len(positions), device=home)
+                continue
+            if not len(inside):
+                continue
+            wz = torch.from_numpy(gaussian(positions[inside], za, zb)).to(home)
+            rows = slice(int(inside[0]), int(inside[-1]) + 1)      # a window's slices are consecutive
+            out[rows] += wz[:, None, None] * blended.to(home)
+            weight_sum[rows] += wz
+        out /= weight_sum[:, None, None]
+        out.mul_(cfg.intensity_scale).add_(cfg.intensity_offset)
+        if noise == "match":
+            match_noise(out, positions, input_noise_sigmas(volume, dev), seed, dev)   # on the model's device
+        out.clamp_(float(np.min(volume)), float(np.max(volume)))
+    out = out.cpu().numpy()
     spacing_out = (spacing[0], spacing[1], float(target))
-    return UpsampleResult(out.astype(np.float32), spacing_out, positions, adaptation=report,
+    return UpsampleResult(out, spacing_out, positions, adaptation=report,
                           adapted_model=net if report is not None else None)
+
+
+def output_device(device: torch.device, shape, free_bytes: int | None = None) -> torch.device:
+    """Where the output volume is assembled: on the model's device, so that blending, noise matching and
+    clamping run there and the result crosses to the host once; on the host for a CUDA output larger
+    than ``OUTPUT_MEMORY_SHARE`` of the free GPU memory."""
+    if device.type != "cuda":
+        return torch.device("cpu")
+    if free_bytes is None:
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+    return device if 4 * math.prod(shape) <= OUTPUT_MEMORY_SHARE * free_bytes else torch.device("cpu")
 
 
 def autocast_for(device: torch.device, precision: str = "auto") -> torch.autocast:

@@ -71,25 +71,25 @@ def _db2_high(images: torch.Tensor, dim: int) -> torch.Tensor:
     return (windows @ kernel).movedim(-1, dim)
 
 
-def match_noise(output: np.ndarray, positions: np.ndarray, input_sigmas: np.ndarray,
-                seed: int = 0, device: str | torch.device = "cpu") -> np.ndarray:
-    """``output`` (z, y, x) with noise added to its generated slices so that each one's noise sigma
-    matches the input's at its position. Works on ``device`` a few slices at a time; returns a new
-    float32 array."""
-    out = np.array(output, dtype=np.float32, copy=True)
+def match_noise(output: torch.Tensor, positions: np.ndarray, input_sigmas: np.ndarray, seed: int = 0,
+                device: str | torch.device | None = None) -> torch.Tensor:
+    """Add noise, in place, to the generated slices of ``output`` (z, y, x; float32 tensor) so that each
+    one's noise sigma matches the input's at its position. Works on ``device`` (default: the tensor's)
+    a few slices at a time; returns ``output``."""
     generated = np.nonzero(generated_mask(positions))[0]
     if not len(generated):
-        return out
+        return output
     target = np.interp(positions, np.arange(len(input_sigmas)), input_sigmas)
-    device = torch.device(device)
+    device = torch.device(device) if device is not None else output.device
     rng = torch.Generator(device).manual_seed(seed)
     for start in range(0, len(generated), SLICES_PER_STEP):
-        rows = generated[start:start + SLICES_PER_STEP]
-        images = torch.from_numpy(out[rows]).to(device)
+        chosen = generated[start:start + SLICES_PER_STEP]
+        rows = torch.as_tensor(chosen, device=output.device)
+        images = output.index_select(0, rows).to(device)
         unit = torch.randn(images.shape, generator=rng, device=device)
-        wanted = torch.as_tensor(target[rows], dtype=torch.float32, device=device)
-        out[rows] = _add_missing_noise(images, wanted, unit).cpu().numpy()
-    return out
+        wanted = torch.as_tensor(target[chosen], dtype=torch.float32, device=device)
+        output.index_copy_(0, rows, _add_missing_noise(images, wanted, unit).to(output.device))
+    return output
 
 
 def input_noise_sigmas(volume: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
