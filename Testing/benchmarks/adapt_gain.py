@@ -8,6 +8,12 @@ the mean noise sigma of generated slices over that of acquired ones (``noise_dip
     python Testing/benchmarks/split_data.py /work/shared/data runs/data
     python Testing/benchmarks/adapt_gain.py runs/data/head_test_crop.nrrd --scales 3 5 --budgets 15 30 60 120 300 --threads 2
 
+A scan unlike the training data (the models saw only the provided head and chest CT): ``--extra-noise HU``
+adds isotropic white noise (a low-dose scan) and ``--blur MM`` an isotropic Gaussian blur (a soft kernel) to
+the thin volume before thick slices are simulated, so truth and input carry the same shift:
+
+    python Testing/benchmarks/adapt_gain.py runs/data/head_test_crop.nrrd --extra-noise 40 --budgets 60 120
+
 ``--transpose`` evaluates a thick-slice scan on its in-plane check instead: the array's y axis becomes
 the slice axis (thin truth at the in-plane pixel spacing), so the adaptation can only use x.
 """
@@ -17,6 +23,7 @@ import argparse
 import numpy as np
 import torch
 from noise_dips import dip_ratio
+from scipy import ndimage
 
 from cycleinr.degrade import simulate_thick
 from cycleinr.inference import upsample
@@ -30,6 +37,15 @@ def score(hr, out, scale) -> tuple[float, float]:
     return psnr(hr[:len(out)], out), dip_ratio(snli(out).sigmas, scale)
 
 
+def shifted(hr, spacing_zyx, blur_mm: float, noise_hu: float, seed: int) -> np.ndarray:
+    """The thin volume as another scanner might give it: blurred isotropically, then with white noise."""
+    if blur_mm > 0:
+        hr = ndimage.gaussian_filter(hr, [blur_mm / s for s in spacing_zyx])
+    if noise_hu > 0:
+        hr = hr + np.random.default_rng(seed + 1).normal(0, noise_hu, hr.shape)
+    return hr.astype(np.float32)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("volume", help="thin-slice volume (ground truth)")
@@ -41,6 +57,8 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--extra-noise", type=float, default=0.0, help="isotropic white noise sigma added (HU)")
+    ap.add_argument("--blur", type=float, default=0.0, help="isotropic Gaussian blur sigma applied (mm)")
     ap.add_argument("--noise", default="none", choices=["none", "match"],
                     help="upsample's noise option (default none: the network's own output, whose dip ratio "
                          "adaptation may change; match restores the noise level either way)")
@@ -52,9 +70,10 @@ def main():
     sx, sy, sz = geometry.spacing
     if args.transpose:
         hr, (sy, sz) = np.ascontiguousarray(np.moveaxis(hr, 1, 0)), (sz, sy)
+    hr = shifted(hr, (sz, sy, sx), args.blur, args.extra_noise, args.seed)
     base = load_model(args.model, args.device)
     print(f"{args.volume} {hr.shape} spacing x {sx:.3f} y {sy:.3f} z {sz:.3f} mm, model {args.model}, "
-          f"{args.degradation}, torch threads {torch.get_num_threads()}")
+          f"{args.degradation}, blur {args.blur:g} mm, extra noise {args.extra_noise:g} HU, torch threads {torch.get_num_threads()}")
     print("scale | adapt s | iterations | used s | loss on fixed patches before -> after | PSNR dB | gain dB | dip ratio")
     for s in args.scales:
         lr, _ = simulate_thick(hr, s, args.degradation)
