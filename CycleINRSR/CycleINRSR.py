@@ -120,7 +120,7 @@ def registerSampleData():
 
 
 class ModelChoice(enum.Enum):
-    AUTO = "auto"  # --model auto: the core picks 'default' on CUDA, 'fast' on a CPU
+    AUTO = "auto"  # --model auto: the core picks by device (weights.AUTO_MODEL; 'fast' on both today)
     DEFAULT = "default"
     FAST = "fast"
     FILE = "file"
@@ -148,7 +148,7 @@ class CycleINRSRParameterNode:
     outputVolume - the last result (a new node created by Apply), used for SNLI and the comparison.
     targetThickness - output slice spacing along K, in mm.
     device - auto, cpu or cuda.
-    modelChoice - automatic (by device: paper-size on CUDA, fast on CPU), bundled default / fast model,
+    modelChoice - automatic (by device, the core's choice: fast on CPU and CUDA today), bundled default / fast model,
                   or a weights file (modelPath).
     window, overlap, tile - advanced chunking; 0 means the core's default.
     adaptSeconds - "Adapt to this scan": fine-tune a copy of the model on the input first (0 = off).
@@ -356,7 +356,7 @@ class CycleINRSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.stop()
 
     def onJobLine(self, line: str) -> None:
-        """The CLI says which model it chose ('cycleinr: model fast (auto: small CPU model) on cpu')."""
+        """The CLI says which model it chose ('cycleinr: model fast (auto: small model) on cpu')."""
         chosen = cycleinrProcess.parseModelLine(line)
         if chosen is not None:
             self.ui.statusLabel.text = _("Loaded model {model} on {device}; reading the input...").format(

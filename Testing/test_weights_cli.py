@@ -110,10 +110,16 @@ def test_cli_never_overwrites_a_good_file_on_failure(tmp_path, weights):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
-def test_model_for_device_and_auto():
+def test_model_for_device_and_auto(monkeypatch):
+    """'auto' follows ``AUTO_MODEL`` by device kind ('fast' on both today, the better model on held-out CT),
+    for device names and torch devices alike."""
+    from cycleinr import weights
     from cycleinr.weights import model_for_device
     assert model_for_device("cpu") == "fast" and model_for_device(torch.device("cpu")) == "fast"
+    assert model_for_device("cuda") == "fast"
+    monkeypatch.setitem(weights.AUTO_MODEL, "cuda", "default")
     assert model_for_device("cuda") == "default" and model_for_device(torch.device("cuda", 1)) == "default"
+    assert model_for_device("cpu") == "fast"
     assert load_model("auto", "cpu").source.endswith("cycleinr_fast.safetensors")
 
 

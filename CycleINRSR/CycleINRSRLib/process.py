@@ -28,7 +28,7 @@ PROGRESS_PATTERN = re.compile(r"progress (\d+(?:\.\d+)?)%")
 ERROR_PREFIX = "cycleinr: error:"
 DEVICES = ("auto", "cpu", "cuda")
 BUNDLED_MODELS = {"default": "cycleinr_paper", "fast": "cycleinr_fast"}
-AUTO_MODEL = "auto"  # the core picks by device: 'default' on CUDA, 'fast' on a CPU (weights.model_for_device)
+AUTO_MODEL = "auto"  # the core picks by device (weights.model_for_device; 'fast' on both today)
 MODEL_PATTERN = re.compile(r"cycleinr: model (.+) on (\S+)\s*$")  # the CLI's stderr line (not under --quiet)
 EXIT_BAD_INPUT = 2
 
@@ -85,8 +85,8 @@ def bundledModelFile(choice: str, modelsDir: str | None = None) -> str | None:
 
 
 def autoModel(device: str, deviceInfo: dict | None = None) -> str | None:
-    """The bundled model that ``--model auto`` will use (the core's ``model_for_device``: 'default' on
-    CUDA, 'fast' on a CPU) for the panel's device choice; for device 'auto' it needs the device probe's
+    """The bundled model that ``--model auto`` will use (the core's ``model_for_device``; 'fast' on CUDA
+    and CPU today) for the panel's device choice; for device 'auto' it needs the device probe's
     result (``parseDeviceProbe``), else None (not known yet)."""
     device = str(device).lower()
     if device == "auto":
@@ -250,7 +250,7 @@ def parseErrorLine(line: str) -> str | None:
 
 def parseModelLine(line: str) -> tuple[str, str] | None:
     """(model, device) from the CLI's ``cycleinr: model <model> on <device>`` line, e.g.
-    ('fast (auto: small CPU model)', 'cpu'), else None."""
+    ('fast (auto: small model)', 'cpu'), else None."""
     match = MODEL_PATTERN.search(line or "")
     return (match.group(1).strip(), match.group(2)) if match else None
 

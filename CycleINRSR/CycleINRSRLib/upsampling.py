@@ -20,8 +20,8 @@ from . import volumes
 
 @dataclass
 class UpsampleSettings:
-    """What the panel asks for. ``model`` is 'auto' (the core chooses by device: the paper-size 'default'
-    on CUDA, 'fast' on a CPU), 'default', 'fast' or a weights file path; window, overlap and tile of 0
+    """What the panel asks for. ``model`` is 'auto' (the core chooses by device, ``weights.AUTO_MODEL``:
+    'fast' on CUDA and CPU today), 'default', 'fast' or a weights file path; window, overlap and tile of 0
     mean the core's defaults."""
 
     targetThickness: float
@@ -65,7 +65,7 @@ def tagResult(outputNode, inputNode, report: dict | None, settings: UpsampleSett
               modelUsed: str | None = None) -> None:
     """Remember on the output node where it came from (node reference, kept when the scene is saved) and
     the report (SNLI, sigmas), so the panel can show and compare any earlier result. CycleINR.Model is
-    the model the CLI used (e.g. 'fast (auto: small CPU model)') when known, else the setting."""
+    the model the CLI used (e.g. 'fast (auto: small model)') when known, else the setting."""
     outputNode.SetNodeReferenceID(SOURCE_REFERENCE, inputNode.GetID())
     outputNode.SetAttribute("CycleINR.TargetThickness", f"{float(settings.targetThickness):g}")
     outputNode.SetAttribute("CycleINR.Model", str(modelUsed or settings.model))
@@ -157,7 +157,7 @@ class UpsampleJob:
         return self.process.parser.device if self.process is not None else None
 
     def describeModelUsed(self) -> str:
-        """'model fast (auto: small CPU model) on cpu', or '' before the CLI has said."""
+        """'model fast (auto: small model) on cpu', or '' before the CLI has said."""
         return f"model {self.modelUsed} on {self.deviceUsed}" if self.modelUsed else ""
 
     @property

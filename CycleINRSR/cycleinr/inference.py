@@ -98,7 +98,7 @@ def _spacing_xyz(spacing) -> tuple[float, float, float]:
 
 
 def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, factor: float | None = None,
-             model="default", device="auto", window: int | None = None, overlap: int = DEFAULT_OVERLAP,
+             model="auto", device="auto", window: int | None = None, overlap: int = DEFAULT_OVERLAP,
              tile: int | None = None, margin: int | None = None,
              progress: Callable[[int, int], None] | None = None, cancel=None,
              noise: str = "match", seed: int = 0, adapt: float | None = None, degradation: str = "interval",
@@ -108,8 +108,8 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
 
     ``spacing`` is ITK (x, y, z) in mm (or a Geometry). The first output slice lies on the first input
     slice, the output spacing is exactly the target, and no slice lies past the last input slice; origin
-    and direction are unchanged (see ``UpsampleResult.geometry``). ``model`` is 'default', 'fast', a
-    weights path or a loaded CycleINR. ``window``/``tile`` default to sizes that suit the device.
+    and direction are unchanged (see ``UpsampleResult.geometry``). ``model`` is 'auto' (the bundled
+    model for the device, as the CLI's default), 'default', 'fast', a weights path or a loaded CycleINR. ``window``/``tile`` default to sizes that suit the device.
     ``progress(done, total)`` is called after each tile; ``cancel`` (a threading.Event or a callable
     returning True) stops the run with ``Cancelled``. The input array is never modified; the output stays
     within its value range. Deterministic on CPU. ``precision``: 'auto' is bfloat16 autocast on CUDA and

@@ -41,7 +41,7 @@ from .outputs import (
 from .volume_io import cast_like, read_volume, write_image_file
 from .weights import BUNDLED, load_model, model_for_device
 
-MODEL_HELP = ("auto (the default: the paper-size 'default' model on CUDA, the small 'fast' one on a CPU), "
+MODEL_HELP = ("auto (the default: the bundled model chosen for the device, 'fast' on CUDA and CPU today), "
               "default, fast, or a .safetensors weights file whose .json configuration (same name) lies beside it")
 DEVICE_HELP = "auto (CUDA when torch sees a GPU, else CPU), cpu or cuda"
 
@@ -125,7 +125,7 @@ def prepare_model(args):
     device = select_device(args.device)
     spec = model_for_device(device) if str(args.model) == "auto" else args.model
     net = load_model(spec, device)
-    chosen = f"{spec} (auto: {'paper-size model on CUDA' if spec == 'default' else 'small CPU model'})" \
+    chosen = f"{spec} (auto: {'paper-size model' if spec == 'default' else 'small model'})" \
         if str(args.model) == "auto" else str(spec)
     return device, net, chosen
 
