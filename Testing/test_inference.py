@@ -199,6 +199,19 @@ def test_output_is_assembled_on_the_device_when_it_fits():
     assert inference.output_device(torch.device("cpu"), shape) == torch.device("cpu")
 
 
+def test_cpu_window_holds_more_slices_for_a_smaller_encoder():
+    """On a CPU the z window keeps the encoder's activations at what the paper preset's 24 slices take:
+    the fast preset's smaller encoder gets more slices, so a 64-slice CT is one window (no z margins
+    encoded twice), while the tile stays the cache-friendly default."""
+    from cycleinr.config import preset
+    cpu = torch.device("cpu")
+    paper = inference.window_and_tile(preset("paper"), cpu, (64, 512, 512), 10)
+    fast = inference.window_and_tile(preset("fast"), cpu, (64, 512, 512), 6)
+    assert paper == (inference.DEFAULT_WINDOW, inference.DEFAULT_TILE["cpu"])
+    assert fast[1] == paper[1] and fast[0] >= 64
+    assert len(inference.spans(64, fast[0], inference.DEFAULT_OVERLAP)) == 1
+
+
 @pytest.mark.parametrize("free_gb, whole", [(80, True), (8, False), (1, False)])
 def test_cuda_sizes_follow_free_memory(free_gb, whole):
     """CUDA window/tile sizing (a pure function of the free memory, so checkable without a GPU): a

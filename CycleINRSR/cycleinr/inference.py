@@ -22,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .config import preset
 from .geometry import Geometry, UpsampleResult, output_slice_positions, resolve_target_spacing
 from .model import CycleINR
 from .noise import NOISE_MODES, input_noise_sigmas, match_noise
@@ -29,7 +30,9 @@ from .volume_io import check_volume
 from .weights import load_model
 
 # Defaults: a window of 24 thick slices keeps the paper preset's encoder activations near 1 GB on a CPU while
-# most clinical volumes need few windows. On a CPU, 112-pixel tiles decoded 16k points at a time ran 1.8x
+# most clinical volumes need few windows; smaller encoders get proportionally more slices in the same memory
+# (the fast preset 84: a 64-slice CT is one window, with no z margins to encode twice; 7 % faster on a
+# 64 x 224 x 224 chest CT crop at x5, 2 threads). On a CPU, 112-pixel tiles decoded 16k points at a time ran 1.8x
 # faster than 384-pixel tiles with 64k-point chunks (cache-sized tensors instead of page-faulting ones;
 # Testing/benchmarks/tile_sizes.py, 2 cores). On CUDA, window and tile are sized from free memory.
 DEFAULT_WINDOW, DEFAULT_OVERLAP = 24, 2
@@ -237,18 +240,21 @@ def _tile_weights(tile_spans, n: int, device) -> dict:
 
 def window_and_tile(config, device: torch.device, shape, margin: int,
                     free_bytes: int | None = None) -> tuple[int, int]:
-    """Default z window and in-plane tile. CPU: fixed cache-friendly sizes. CUDA: the largest tile and
+    """Default z window and in-plane tile. CPU: a cache-friendly tile and a window whose encoder
+    activations match the paper preset's 24 slices (more slices for smaller encoders). CUDA: the largest tile and
     window whose encoder activations (with margins) fit ``CUDA_MEMORY_SHARE`` of the free memory, after
     what one decode step needs (the 27-code blocks of a group of anchor planes and the decoder's
     activations for ``POINTS_PER_CHUNK`` points)."""
     if device.type != "cuda" and free_bytes is None:
-        return DEFAULT_WINDOW, DEFAULT_TILE["cpu"]
+        paper = preset("paper")
+        return max(DEFAULT_WINDOW, DEFAULT_WINDOW * _values_per_voxel(paper) // _values_per_voxel(config)), \
+            DEFAULT_TILE["cpu"]
     if free_bytes is None:
         free_bytes, _ = torch.cuda.mem_get_info(device)
     points = POINTS_PER_CHUNK["cuda"]
     decode = 2 * points * (27 * config.code_length + 8 * config.decoder_width)       # bf16 bytes
     budget = max(CUDA_MEMORY_SHARE * free_bytes - decode, 0)
-    per_voxel = 2 * (3 * config.features + 4 * config.code_length)   # live feature maps + codes, bf16
+    per_voxel = 2 * _values_per_voxel(config)                          # bf16
     n, h, w = shape
     tile = min(max(h, w), DEFAULT_TILE["cuda"])
     while tile > 64 and (tile + 2 * margin) ** 2 * min(n, 2 + 2 * margin) * per_voxel > budget:
@@ -257,6 +263,11 @@ def window_and_tile(config, device: torch.device, shape, margin: int,
     while window > 2 and (min(window + 2 * margin, n)) * (tile + 2 * margin) ** 2 * per_voxel > budget:
         window = max(2, window // 2)
     return window, tile
+
+
+def _values_per_voxel(config) -> int:
+    """Encoder values alive per LR voxel at once: a few feature maps and the codes."""
+    return 3 * config.features + 4 * config.code_length
 
 
 def timed_upsample(*args, **kwargs) -> tuple[UpsampleResult, float]:

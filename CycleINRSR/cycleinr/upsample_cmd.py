@@ -99,7 +99,7 @@ def add_model_options(p) -> None:
     p.add_argument("--model", default="auto", help=MODEL_HELP)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     p.add_argument("--window", type=int_at_least(2), metavar="LR_SLICES",
-                   help=f"input slices per window, >= 2 (default: sized for the device, {DEFAULT_WINDOW} on CPU)")
+                   help=f"input slices per window, >= 2 (default: sized for the device, {DEFAULT_WINDOW} on CPU for the paper-size model, 84 for the fast one)")
     p.add_argument("--overlap", type=int_at_least(0), default=DEFAULT_OVERLAP, metavar="LR_SLICES",
                    help=f"slices shared by neighbouring windows, 0 .. window-1 (default {DEFAULT_OVERLAP})")
     p.add_argument("--tile", type=int_at_least(8), metavar="PIXELS",
