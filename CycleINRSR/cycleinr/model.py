@@ -129,7 +129,7 @@ class Decoder(nn.Module):
         z = local_z[..., None].to(code.dtype)
         h = torch.addcmul(nn.functional.linear(code, first.weight[:, 3:], first.bias), z, first.weight[:, 0].to(code.dtype))
         for n, layer in enumerate(self.layers[1:], start=1):
-            h = torch.relu(h)
+            h = torch.relu_(h)
             if n == self.skip_layer:
                 width = h.shape[-1]
                 h = torch.addcmul(nn.functional.linear(code, layer.weight[:, width + 3:], layer.bias)
