@@ -74,7 +74,8 @@ class Encoder(nn.Module):
     A thin window (few LR slices) on a CPU falls below ATen's oneDNN threshold (``ONEDNN_MIN_LEADING``) and
     would run on the slow generic path: the fast preset encoded 8 x 101 x 118 LR voxels in 716 ms instead
     of 121 ms. Then the volume is convolved with the slice axis last and the kernels turned alike (the
-    same arithmetic), and turned back."""
+    same arithmetic), and turned back. Training on a CPU convolves channels-last: the paper preset's
+    training step ran 0.237 -> 0.279 it/s (inference was ~5 % slower that way, so it stays as it is)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -90,6 +91,8 @@ class Encoder(nn.Module):
                       and self.features * depth * height <= ONEDNN_MIN_LEADING < self.features * height * width)
         if slice_last:
             x = x.permute(0, 1, 3, 4, 2)
+        elif self.training and x.device.type == "cpu":    # oneDNN's backward is faster channels-last
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         x = _conv(self.head, x, slice_last)
         for block in self.blocks:
             x = block(x, slice_last)
