@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a fresh machine: install CycleINR (CPU torch if none) and upsample the bundled 5 mm chest CT.
 #   bash Utilities/demo.sh [THICKNESS_MM] [MODEL]     (defaults: 2.5 mm, model auto)
-# MODEL auto = the paper-size "default" model on a CUDA GPU, the small "fast" one on a CPU.
+# MODEL auto = the bundled model chosen for the device (cycleinr.weights.AUTO_MODEL: "fast" on CPU and CUDA today).
 # Writes demo_output/CycleINRSampleChestCT_<t>mm_<model>.nrrd and comparison_/report_<t>mm_<model>.png/.json,
 # so runs with another thickness or model never overwrite each other. Installs only what is missing.
 set -euo pipefail
@@ -25,7 +25,7 @@ AUTO=$("$PY" -c "$choose" 2>/dev/null) || {            # first run: install what
   "$PY" -m pip install -q -e . && AUTO=$("$PY" -c "$choose"); }
 if [ "$MODEL" = auto ]; then
   MODEL=$AUTO
-  echo "Model: $MODEL (auto: paper-size 'default' on CUDA, small 'fast' on CPU; choose with: $0 $THICKNESS default)"
+  echo "Model: $MODEL (auto: the bundled model for this device; the paper-size one with: $0 $THICKNESS default)"
 fi
 mkdir -p demo_output
 tag="${THICKNESS}mm_$(basename "${MODEL%.safetensors}")"
