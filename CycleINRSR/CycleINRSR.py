@@ -504,7 +504,7 @@ class CycleINRSRLogic(ScriptedLoadableModuleLogic):
             if chosen is None:  # devices not detected yet
                 if not all(cycleinrProcess.bundledModelFile(m) for m in cycleinrProcess.BUNDLED_MODELS):
                     return missing
-                return _("Automatic: the paper-size model (default) on a CUDA GPU, the small fast one on a CPU.")
+                return _("Automatic: the bundled model for the device (the small fast one on CPU and CUDA today).")
             path = cycleinrProcess.bundledModelFile(chosen)
             if path is None:
                 return missing
