@@ -73,7 +73,8 @@ a model trained on MR with CycleINR Train) along its slice axis to any thinner s
 Super-Resolution of Medical Data", CVPR 2024). The result is a new volume named
 &lt;input&gt;_&lt;thickness&gt;mm with the input's origin and orientation; the input is not modified.
 The network runs in a background process (CPU or CUDA) and can be cancelled. Model "Automatic" uses
-the paper-size model on a CUDA GPU and the small fast one on a CPU; the status line says which ran.
+the bundled model chosen for the device (today the small fast one, on CPU and CUDA: it beats the
+CPU-trained paper-size model on held-out CT); the status line says which ran.
 "Match noise" (on by default) gives generated slices the noise level of the acquired ones; untick it for
 the network's own, smoother output. SNLI (slice-wise noise level inconsistency) of input and output is reported; "Show comparison layout"
 shows both side by side.
