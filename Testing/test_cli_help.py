@@ -19,13 +19,13 @@ def helps():
 def test_top_level_summary_names_every_command():
     top, commands = helps()
     summary = cli.build_parser().description
-    assert set(commands) == {"upsample", "batch", "train", "evaluate", "bench", "lpips-weights"}
+    assert set(commands) == {"upsample", "batch", "train", "export", "evaluate", "bench", "lpips-weights"}
     for name in commands:
         assert name in summary, name
     assert "``" not in top
 
 
-@pytest.mark.parametrize("name", ["upsample", "batch", "train", "evaluate", "bench", "lpips-weights"])
+@pytest.mark.parametrize("name", ["upsample", "batch", "train", "export", "evaluate", "bench", "lpips-weights"])
 def test_no_raw_markup_and_no_empty_defaults(name):
     text = helps()[1][name]
     assert "``" not in text and "(default: None)" not in text

@@ -258,3 +258,35 @@ def test_init_starts_from_given_weights(tmp_path):
     other = save_model(tmp_path / "other.safetensors", make_model(seed=9, code_length=8))
     with pytest.raises(ValueError, match="configuration differs"):
         train(VOLUMES, settings(epochs=1), tmp_path / "x.safetensors", device="cpu", init=other)
+
+
+def test_export_makes_weights_of_a_killed_runs_checkpoint(tmp_path, capsys):
+    """A run killed after its last checkpoint has no weights file; ``cycleinr export`` writes one that
+    loads and decodes exactly as the checkpointed model, records the epoch, and refuses a weights file
+    or the checkpoint itself as output."""
+    from cycleinr.cli import main
+    from cycleinr.model import CycleINR
+    from cycleinr.weights import load_tensors
+
+    run = tmp_path / "run.safetensors"
+    train(VOLUMES, settings(), run, device="cpu", stop_after_epoch=2)
+    run.unlink()                                                      # as if killed before the end
+    run.with_suffix(".json").unlink()
+    checkpoint = tmp_path / "run.ckpt.safetensors"
+    out = tmp_path / "exported.safetensors"
+    assert main(["export", str(checkpoint), str(out)]) == 0
+    assert "epoch 2" in capsys.readouterr().out
+    tensors, meta = load_tensors(checkpoint)
+    reference = CycleINR(preset("fast", **TINY))
+    reference.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    exported = load_model(out)
+    lr = torch.from_numpy(phantom((5, 10, 10), seed=3).astype(np.float32) / 1000)[None, None]
+    z = torch.linspace(0, 4, 9)
+    with torch.no_grad():
+        assert torch.equal(exported(lr, z), reference.eval()(lr, z))
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["epoch"] == 2 and saved["training"]["settings"] == meta["settings"]
+    assert main(["export", str(out), str(tmp_path / "again.safetensors")]) == 2          # weights, not a checkpoint
+    assert "not a CycleINR training checkpoint" in capsys.readouterr().err
+    assert main(["export", str(checkpoint), str(checkpoint)]) == 2
+    assert not (tmp_path / "again.safetensors").exists()

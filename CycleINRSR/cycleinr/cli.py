@@ -1,4 +1,4 @@
-"""cycleinr: thin slices from thick-slice CT: upsample, batch, train, evaluate, bench, lpips-weights.
+"""cycleinr: thin slices from thick-slice CT: upsample, batch, train, export, evaluate, bench, lpips-weights.
 
 Every command module exposes ``add_parser(subparsers)``; errors the user can fix (bad input, missing
 weights, unknown device) end with one line ``cycleinr: error: ...`` and exit status 2.
@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("upsample_cmd", "batch", "train_cli", "evaluate", "bench", "lpips")
+COMMANDS = ("upsample_cmd", "batch", "train_cli", "export_cmd", "evaluate", "bench", "lpips")
 
 # OpenMP worker threads that spin while waiting make inference 4x slower when the CPU is shared (the
 # fast model on a 63 x 160 x 160 output, 2 cores at load 6: 72.6 s spinning, 17.4 s passive, 13.7 s with
