@@ -126,20 +126,29 @@ class Decoder(nn.Module):
 
     def forward(self, local_z: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """The MLP applied to ``cat([local_z, 0, 0, code])`` (3 local-coordinate channels, of which only z
-        is non-zero for z-only queries), without building either concatenation: z enters the first and
-        the skip layer as a rank-one term. ``local_z`` has the shape of ``code`` without its last axis."""
+        is non-zero for z-only queries) as 2D matmuls on ``[code, z]``: the zero channels are dropped,
+        each bias and the skip layer's second input are added inside a matmul (addmm), and z rides along
+        as one extra input channel instead of separate elementwise passes. ``local_z`` has the shape of
+        ``code`` without its last axis."""
+        shape, channels = code.shape[:-1], code.shape[-1]
+        inputs = torch.cat([code.reshape(-1, channels), local_z.reshape(-1, 1).to(code.dtype)], dim=1)
         first = self.layers[0]
-        z = local_z[..., None].to(code.dtype)
-        h = torch.addcmul(nn.functional.linear(code, first.weight[:, 3:], first.bias), z, first.weight[:, 0].to(code.dtype))
+        h = torch.addmm(first.bias, inputs, _code_then_z(first.weight, 0).t())
         for n, layer in enumerate(self.layers[1:], start=1):
             h = torch.relu_(h)
             if n == self.skip_layer:
                 width = h.shape[-1]
-                h = torch.addcmul(nn.functional.linear(code, layer.weight[:, width + 3:], layer.bias)
-                                  + nn.functional.linear(h, layer.weight[:, :width]), z, layer.weight[:, width].to(code.dtype))
+                skip = torch.addmm(layer.bias, inputs, _code_then_z(layer.weight, width).t())
+                h = torch.addmm(skip, h, layer.weight[:, :width].t())
             else:
-                h = layer(h)
-        return h.squeeze(-1)
+                h = torch.addmm(layer.bias, h, layer.weight.t())
+        return h.view(shape)
+
+
+def _code_then_z(weight: torch.Tensor, start: int) -> torch.Tensor:
+    """The columns of a layer that read ``[local z, 0, 0, code]`` from column ``start``, reordered to
+    read ``[code, local z]``."""
+    return torch.cat([weight[:, start + 3:], weight[:, start:start + 1]], dim=1)
 
 
 def ensemble_entries(lo: torch.Tensor, hi: torch.Tensor, t: torch.Tensor, band: float):
