@@ -272,7 +272,7 @@ class CycleINR(nn.Module):
         slot = torch.searchsorted(group, anchor)
         pick = lambda plane: tables.index_select(1, slot * 3 + plane - anchor + 1).float()  # noqa: E731
         tt = t.view(1, -1, 1, 1, 1)
-        weights = torch.softmax(pick(lo) * (1 - tt) + pick(hi) * tt, dim=-1).to(block.dtype)
+        weights = torch.softmax(torch.lerp(pick(lo), pick(hi), tt), dim=-1).to(block.dtype)
         rank = torch.arange(len(anchor), device=anchor.device) - torch.searchsorted(anchor, anchor)
         most = int(rank.max()) + 1                                         # entries per anchor, at most
         index = slot * most + rank
