@@ -52,8 +52,8 @@ def flops_breakdown(config, n_lr_slices: int, n_out_slices: int, plane: int, z=N
         z = np.linspace(0, n_lr_slices - 1, n_out_slices) if n_out_slices > 1 else np.zeros(n_out_slices)
     entries, anchors, most = decoder_plan(c, n_lr_slices, z) if n_out_slices else (0, 0, 0)
     conv = 27 * (1 * c.features + c.encoder_blocks * c.convs_per_block * c.features ** 2 + c.features * c.code_length)
-    dims_in = [c.code_length] + [c.decoder_width] * (c.decoder_layers - 1)   # the local coordinate is a
-    dims_in[c.skip_layer] = c.decoder_width + c.code_length                  # rank-one term, not a matmul
+    dims_in = [c.code_length + 1] + [c.decoder_width] * (c.decoder_layers - 1)   # code + local z (its two
+    dims_in[c.skip_layer] = c.decoder_width + c.code_length + 1                  # zero channels are dropped)
     dims_out = [c.decoder_width] * (c.decoder_layers - 1) + [1]
     decoder = sum(i * o for i, o in zip(dims_in, dims_out, strict=True))
     attention = c.neighbours > 0
