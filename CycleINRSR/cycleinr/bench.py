@@ -266,6 +266,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _worker(argv: list[str]) -> int:
+    from .cli import keep_freed_memory
+
+    keep_freed_memory()                    # as `cycleinr upsample` runs (each case is its own process)
     case = json.loads(argv[argv.index("--worker") + 1])
     print(json.dumps(measure(**case)))
     return 0
