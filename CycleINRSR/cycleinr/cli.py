@@ -23,8 +23,8 @@ PASSIVE_COMMANDS = ("upsample", "batch")
 # glibc returns every freed block over 32 MB to the system, so each sliding-window step maps and
 # page-faults its attention blocks (~40 MB) afresh: `cycleinr upsample` of a 64 x 112 x 512 CT at x5 (fast,
 # 2 threads) took 28.5 s that way and 23.7 s with freed memory kept for reuse, at 1.34 instead of 1.09 GB
-# peak. The
-# upsampling commands are short-lived processes, so they keep it (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD).
+# peak. The upsampling commands are short-lived processes, so they keep it (M_MMAP_THRESHOLD and
+# M_TRIM_THRESHOLD).
 GLIBC_MMAP_THRESHOLD, GLIBC_TRIM_THRESHOLD, KEEP_BYTES = -3, -1, 1 << 30
 
 

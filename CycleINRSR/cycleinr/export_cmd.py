@@ -14,9 +14,8 @@ from pathlib import Path
 from .config import ModelConfig
 from .model import CycleINR
 from .outputs import check_output
-from .weights import WeightsError, load_tensors, save_model
-
-CHECKPOINT_FORMAT = "cycleinr-checkpoint/1"
+from .train import checkpoint_model_state, read_checkpoint
+from .weights import save_model
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path) -> dict:
@@ -25,11 +24,9 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path) -> dict:
     checkpoint, output = Path(checkpoint), check_output(output, (".safetensors",), "output")
     if output.resolve() == checkpoint.resolve():
         raise ValueError(f"{output}: the output would overwrite the checkpoint; choose another name")
-    tensors, meta = load_tensors(checkpoint)
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise WeightsError(f"{checkpoint}: not a CycleINR training checkpoint (a weights file needs no export)")
+    tensors, meta = read_checkpoint(checkpoint)
     model = CycleINR(ModelConfig.from_dict(meta["config"]))
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict(checkpoint_model_state(tensors))
     training = {"settings": meta["settings"], "exported_from": checkpoint.name}
     save_model(output, model, training=training, epoch=meta["epoch"], best=meta.get("best"))
     return {"epoch": meta["epoch"], "output": str(output)}

@@ -112,13 +112,15 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
     ``spacing`` is ITK (x, y, z) in mm (or a Geometry). The first output slice lies on the first input
     slice, the output spacing is exactly the target, and no slice lies past the last input slice; origin
     and direction are unchanged (see ``UpsampleResult.geometry``). ``model`` is 'auto' (the bundled
-    model for the device, as the CLI's default), 'default', 'fast', a weights path or a loaded CycleINR. ``window``/``tile`` default to sizes that suit the device.
+    model for the device, as the CLI's default), 'default', 'fast', a weights path or a loaded CycleINR.
+    ``window``/``tile`` default to sizes that suit the device.
     ``progress(done, total)`` is called after each tile; ``cancel`` (a threading.Event or a callable
     returning True) stops the run with ``Cancelled``. The input array is never modified; the output stays
     within its value range. Deterministic on CPU. ``precision``: 'auto' is bfloat16 autocast on CUDA and
     float32 on a CPU; 'bfloat16' also on a CPU (faster where it has bf16 matrix units, e.g. AMX; see
-    ``autocast_for``). Interpolation weights, residual and blending always stay float32. ``noise="match"`` (the default) gives generated slices the noise
-    level of the acquired ones (``noise.py``; seeded by ``seed``); ``"none"`` returns the network's output.
+    ``autocast_for``). Interpolation weights, residual and blending always stay float32.
+    ``noise="match"`` (the default) gives generated slices the noise level of the acquired ones
+    (``noise.py``; seeded by ``seed``); ``"none"`` returns the network's output.
 
     ``adapt=SECONDS`` first fine-tunes a copy of the model on this volume's own in-plane axes for at most
     that long (``adapt.adapt_model``: ``degradation`` is the input's slice profile, interval or slab;

@@ -75,7 +75,7 @@ class Encoder(nn.Module):
     would run on the slow generic path: the fast preset encoded 8 x 101 x 118 LR voxels in 716 ms instead
     of 121 ms. Then the volume is convolved with the slice axis last and the kernels turned alike (the
     same arithmetic), and turned back. Training on a CPU convolves channels-last: the paper preset's
-    training step ran 0.237 -> 0.279 it/s (inference was ~5 % slower that way, so it stays as it is)."""
+    training step ran 0.237 -> 0.301 it/s (inference was ~5 % slower that way, so it stays as it is)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

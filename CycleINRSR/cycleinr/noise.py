@@ -8,8 +8,8 @@ variance it lacks: the target sigma is the acquired slices' own sigma, interpola
 missing part is ``sqrt(target^2 - sigma^2)``, both measured with the Donoho-Johnstone estimator that SNLI
 uses (``noise_sigmas``: the same estimate as ``metrics.noise_sigma_per_slice``, in torch, batched, so
 that it runs on the model's device; on a GPU the per-slice numpy loop took 5 s of a 2 s budget for a
-64 x 512 x 512 CT at x5). The added noise is white, so it restores the noise *level* (finest-scale wavelet band), not the
-in-plane texture of the scanner's correlated noise. Acquired positions are left as they are. Seeded, so
+64 x 512 x 512 CT at x5). The added noise is white, so it restores the noise *level* (finest-scale
+wavelet band), not the in-plane texture of the scanner's correlated noise. Acquired positions are left as they are. Seeded, so
 a run is reproducible on a given device (CPU and CUDA draw different noise).
 
 Why it is the default: slices that look acquired when scrolling are the point of the method. It costs

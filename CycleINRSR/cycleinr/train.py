@@ -34,6 +34,7 @@ from .inference import Cancelled, _check_cancel, default_margin, select_device, 
 from .model import CycleINR
 from .weights import WeightsError, json_path, load_tensors, save_model, save_tensors
 
+CHECKPOINT_FORMAT = "cycleinr-checkpoint/1"
 NORMS = {"l1": lambda d: d.abs().mean(), "l2": lambda d: d.square().mean()}
 
 
@@ -199,19 +200,30 @@ def save_checkpoint(path: Path, model, opt, rng: np.random.Generator, epoch: int
     opt_tensors, opt_meta = _optimizer_tensors(opt)
     tensors.update(opt_tensors)
     tensors["torch_rng"] = torch.get_rng_state()
-    meta = {"format": "cycleinr-checkpoint/1", "epoch": epoch, "settings": asdict(settings),
+    meta = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "settings": asdict(settings),
             "config": model.config.to_dict(), "optimizer": opt_meta, "numpy_rng": rng.bit_generator.state,
             "history": history, "best": best}
     save_tensors(path, tensors, meta)
 
 
-def load_checkpoint(path: Path, model, opt, rng: np.random.Generator) -> dict:
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """A training checkpoint's tensors and JSON; an error for anything else (e.g. a weights file)."""
     tensors, meta = load_tensors(path)
-    if meta.get("format") != "cycleinr-checkpoint/1":
-        raise WeightsError(f"{path}: not a CycleINR training checkpoint")
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise WeightsError(f"{path}: not a CycleINR training checkpoint (<output stem>.ckpt.safetensors)")
+    return tensors, meta
+
+
+def checkpoint_model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's state dict inside a checkpoint's tensors (the rest is optimizer and RNG state)."""
+    return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+
+
+def load_checkpoint(path: Path, model, opt, rng: np.random.Generator) -> dict:
+    tensors, meta = read_checkpoint(path)
     if meta["config"] != model.config.to_dict():
         raise WeightsError(f"{path}: checkpoint was made with a different model configuration")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict(checkpoint_model_state(tensors))
     state: dict = {"state": {}, "param_groups": meta["optimizer"]["param_groups"]}
     for key in meta["optimizer"]["keys"]:
         _, idx, name = key.split(".", 2)
