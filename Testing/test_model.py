@@ -54,10 +54,14 @@ def reference(model: CycleINR, lr: torch.Tensor, points: torch.Tensor) -> torch.
     return torch.stack(out)
 
 
+@pytest.mark.parametrize("onednn", [True, False])
 @pytest.mark.parametrize("band", [0.5, 0.15])
 @pytest.mark.parametrize("neighbours", [27, 0])
 @pytest.mark.parametrize("scale", [2.0, 2.7, 4.3])
-def test_fast_sampler_matches_reference(neighbours, scale, band):
+def test_fast_sampler_matches_reference(neighbours, scale, band, onednn, monkeypatch):
+    """Both inference paths: oneDNN's fused inner products and aten's matmuls."""
+    from cycleinr import model as model_module
+    monkeypatch.setattr(model_module, "USE_ONEDNN_LINEAR", onednn)
     model = make_model(seed=int(scale * 10) + neighbours, neighbours=neighbours, blend_band=band)
     torch.manual_seed(1)
     lr = torch.randn(1, 1, 5, 6, 7)
@@ -69,6 +73,55 @@ def test_fast_sampler_matches_reference(neighbours, scale, band):
         points = torch.stack([qz, qy, qx], -1).reshape(-1, 3)
         ref = reference(model, lr, points).reshape(fast.shape)
     assert torch.allclose(fast, ref, atol=1e-5), (fast - ref).abs().max()
+
+
+def test_onednn_linear_is_used_on_x86_and_equals_aten():
+    """oneDNN's fused inner product (bias, ReLU, sum) is what makes CPU inference fast; x86 builds of torch
+    have it, and it must give aten's results."""
+    import platform
+
+    from cycleinr.model import _onednn_linear_works, onednn_linear, onednn_linear_usable
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert _onednn_linear_works()
+    if not _onednn_linear_works():
+        pytest.skip("this torch build has no oneDNN inner product; aten's path is tested above")
+    torch.manual_seed(0)
+    x, w, b, other = torch.randn(300, 33), torch.randn(64, 33), torch.randn(64), torch.randn(300, 64)
+    with torch.no_grad():
+        assert onednn_linear_usable(x)
+        torch.testing.assert_close(onednn_linear(x, w, b), x @ w.T + b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(onednn_linear(x, w, b, relu=True), torch.relu(x @ w.T + b), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(onednn_linear(x, w, None, add=other), x @ w.T + other, rtol=1e-5, atol=1e-5)
+        wide = torch.randn(64, 40)                        # a column slice of a weight, as the skip layer's
+        torch.testing.assert_close(onednn_linear(x, wide[:, :33], b), x @ wide[:, :33].T + b, rtol=1e-5, atol=1e-5)
+    from cycleinr import model as model_module
+    for layers, skip in ((8, 4), (4, 3), (2, 1)):          # the skip input may enter the output layer too
+        decoder = model_module.Decoder(preset("fast", decoder_layers=layers, skip_layer=skip))
+        code, local = torch.randn(2, 50, 32), torch.rand(2, 50)
+        with torch.no_grad():
+            fused = decoder(local, code)
+            model_module.USE_ONEDNN_LINEAR = False
+            try:
+                plain = decoder(local, code)
+            finally:
+                model_module.USE_ONEDNN_LINEAR = True
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    assert not onednn_linear_usable(x)                   # autograd: the op has no backward
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not onednn_linear_usable(x)
+
+
+def test_a_training_batch_equals_its_samples_decoded_alone():
+    """Batches (training, autograd, aten's matmuls) and single volumes (inference) take different paths
+    through the slot grid; they must agree, at a decimal scale whose anchors hold unequal entry counts."""
+    model = make_model(seed=5, neighbours=27, blend_band=0.25).train()
+    torch.manual_seed(2)
+    lr = torch.randn(2, 1, 6, 7, 8)
+    z = torch.arange(0, 5 * 3.3 + 1e-6) / 3.3
+    batched = model(lr, z)
+    with torch.no_grad():
+        alone = torch.cat([model(lr[i:i + 1], z) for i in range(2)])
+    torch.testing.assert_close(batched.detach(), alone, rtol=1e-5, atol=1e-5)
 
 
 def test_reference_is_sensitive_to_attention():

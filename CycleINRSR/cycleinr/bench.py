@@ -26,42 +26,45 @@ BASELINE = "linear"
 # ------------------------------------------------------------------------------------- FLOP model
 
 def decoder_plan(config, n_lr_slices: int, z) -> tuple[int, int, int]:
-    """(decoder entries, anchor planes, most entries on one anchor) of decoding positions ``z``: the local
-    ensemble decodes a query once on an LR plane or outside the blend band, twice inside it."""
+    """(decoder entries, anchor planes spanned, most entries on one anchor) of decoding positions ``z`` in
+    one group: the local ensemble decodes a query once on an LR plane or outside the blend band, twice
+    inside it; the attention works on a (planes x most entries) grid of slots (``model.entry_slots``)."""
     import torch
 
     from .model import bracket, ensemble_entries
     _, lo, hi, t = bracket(torch.as_tensor(np.asarray(z), dtype=torch.float32), n_lr_slices)
     _, anchor, _ = ensemble_entries(lo, hi, t, config.blend_band)
     counts = torch.bincount(anchor)
-    return len(anchor), int((counts > 0).sum()), int(counts.max())
+    return len(anchor), int(anchor.max() - anchor.min()) + 1, int(counts.max())
 
 
 def flops_breakdown(config, n_lr_slices: int, n_out_slices: int, plane: int, z=None) -> dict[str, float]:
     """FLOPs (multiply + add = 2) of one whole-volume forward pass at positions ``z`` (default: the
     ``n_out_slices`` evenly spaced over the volume), by kind.
 
-    ``conv``: encoder 3x3x3 convolutions per LR voxel; ``linear``: per LR voxel the query projection
-    and W_K^T q (fused attention), per decoder entry W_V and the decoder layers; ``attention``: per LR
-    voxel of an anchor plane its 27-code score table against 3 query planes and the batched value sum
-    (padded to the busiest anchor). These are all matmuls, which torch's FlopCounterMode counts too.
-    Biases, softmax and activations are ignored.
+    ``conv``: encoder 3x3x3 convolutions per LR voxel; ``linear``: per LR voxel (and one replicated plane
+    on each side) the query projection and W_K^T q (fused attention), per slot W_V, per decoder entry
+    the decoder layers; ``attention``: per slot of an anchor plane's LR voxel its query (a blend of 3
+    planes' W_K^T q and q . b_K), its 27 scores and its value sum; without attention the blend of 3
+    planes' codes (Eq. 3). These are all matmuls, which torch's FlopCounterMode counts too. Biases,
+    softmax and activations are ignored.
     """
     c = config
     if z is None:
         z = np.linspace(0, n_lr_slices - 1, n_out_slices) if n_out_slices > 1 else np.zeros(n_out_slices)
     entries, anchors, most = decoder_plan(c, n_lr_slices, z) if n_out_slices else (0, 0, 0)
+    slots = anchors * most
     conv = 27 * (1 * c.features + c.encoder_blocks * c.convs_per_block * c.features ** 2 + c.features * c.code_length)
     dims_in = [c.code_length + 1] + [c.decoder_width] * (c.decoder_layers - 1)   # code + local z (its two
     dims_in[c.skip_layer] = c.decoder_width + c.code_length + 1                  # zero channels are dropped)
     dims_out = [c.decoder_width] * (c.decoder_layers - 1) + [1]
     decoder = sum(i * o for i, o in zip(dims_in, dims_out, strict=True))
     attention = c.neighbours > 0
-    linear = (2 * c.code_length ** 2 * n_lr_slices if attention and n_out_slices else 0) + \
-        (decoder + (c.code_length ** 2 if attention else 0)) * entries
-    tables = 27 * c.code_length * (3 + most) * anchors if attention else 0
+    linear = (2 * c.code_length ** 2 * (n_lr_slices + 2) if attention and n_out_slices else 0) + \
+        decoder * entries + (c.code_length ** 2 * slots if attention else 0)
+    per_slot = (2 * 27 * c.code_length + 3 * c.code_length + 3) if attention else 3 * c.code_length
     return {"conv": 2.0 * conv * n_lr_slices * plane, "linear": 2.0 * linear * plane,
-            "attention": 2.0 * tables * plane}
+            "attention": 2.0 * per_slot * slots * plane}
 
 
 def flops_per_output_voxel(config, factor: float, n_lr_slices: int = 64) -> float:

@@ -28,6 +28,7 @@ query; the same code serves inference and training. Borders are clamped (replica
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -132,6 +133,8 @@ class Decoder(nn.Module):
         ``code`` without its last axis."""
         shape, channels = code.shape[:-1], code.shape[-1]
         inputs = torch.cat([code.reshape(-1, channels), local_z.reshape(-1, 1).to(code.dtype)], dim=1)
+        if onednn_linear_usable(inputs):
+            return self._forward_onednn(inputs).view(shape)
         first = self.layers[0]
         h = torch.addmm(first.bias, inputs, _code_then_z(first.weight, 0).t())
         for n, layer in enumerate(self.layers[1:], start=1):
@@ -143,6 +146,55 @@ class Decoder(nn.Module):
             else:
                 h = torch.addmm(layer.bias, h, layer.weight.t())
         return h.view(shape)
+
+    def _forward_onednn(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The same MLP as oneDNN inner products with bias, ReLU and the skip sum fused into each one
+        (inference on a CPU): MKL's GEMM ran these skinny (N x 64) products at a quarter of the machine's
+        peak, and every bias copy and ReLU was one more pass over the activations."""
+        first, hidden = self.layers[0], len(self.layers) - 1
+        h = onednn_linear(inputs, _code_then_z(first.weight, 0), first.bias, relu=hidden > 0)
+        for n, layer in enumerate(self.layers[1:], start=1):
+            relu = n < hidden                                          # the last layer outputs intensity
+            if n == self.skip_layer:
+                width = h.shape[-1]
+                skip = onednn_linear(inputs, _code_then_z(layer.weight, width), layer.bias)
+                h = onednn_linear(h, layer.weight[:, :width], None, add=skip)
+                h = h.relu_() if relu else h
+            else:
+                h = onednn_linear(h, layer.weight, layer.bias, relu=relu)
+        return h
+
+
+# Inference on a CPU runs the MLPs through oneDNN's fused inner product (``onednn_linear``) when this is on.
+# A switch for A/B benchmarks and for the test that holds both paths equal.
+USE_ONEDNN_LINEAR = True
+
+
+def onednn_linear_usable(x: torch.Tensor) -> bool:
+    """Whether ``onednn_linear`` may replace addmm for ``x``: float32 on a CPU, no autograd (the op has no
+    backward) and no autocast, and the op present and working in this torch build (checked once)."""
+    return (USE_ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and _onednn_linear_works())
+
+
+@functools.cache
+def _onednn_linear_works() -> bool:
+    try:
+        x, w, b = torch.randn(5, 7), torch.randn(3, 7), torch.randn(3)
+        with torch.no_grad():
+            return bool(torch.allclose(onednn_linear(x, w, b, relu=True), torch.relu(x @ w.t() + b), atol=1e-5))
+    except (AttributeError, RuntimeError, NotImplementedError):     # a build without oneDNN
+        return False
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool = False,
+                  add: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` (then ReLU, or ``+ add``) as one oneDNN inner product (inference only)."""
+    op = torch.ops.mkldnn._linear_pointwise
+    weight = weight.contiguous()
+    if add is not None:
+        return op.binary(x, add, weight, bias, "add")
+    return op(x, weight, bias, "relu" if relu else "none", [], "")
 
 
 def _code_then_z(weight: torch.Tensor, start: int) -> torch.Tensor:
@@ -162,6 +214,35 @@ def ensemble_entries(lo: torch.Tensor, hi: torch.Tensor, t: torch.Tensor, band: 
     weight = torch.cat([1 - w_hi[from_lo], w_hi[from_hi]])
     order = torch.argsort(anchor, stable=True)
     return rows[order], anchor[order], weight[order]
+
+
+def entry_slots(group, anchor, rows, weight, z, lo, hi, t):
+    """The entries anchored on the planes ``group`` (sorted, consecutive; entries sorted by anchor as
+    ``ensemble_entries`` gives them) in a (G, M) grid of slots, M the most entries one of these planes
+    anchors. Per slot: the weights ``mix`` (G, M, 3) of the anchor's planes a - 1, a, a + 1 that give the
+    entry's ``(1 - t) lo + t hi``, its local coordinate ``2 (z - a)``, output row and ensemble weight.
+    Empty slots have weight 0: they are decoded but add nothing."""
+    rank = torch.arange(len(anchor), device=anchor.device) - torch.searchsorted(anchor, anchor)
+    count, most = int(group[-1] - group[0]) + 1, int(rank.max()) + 1
+    slot = (anchor - group[0]) * most + rank
+    mix = torch.zeros(count * most, 3, dtype=t.dtype, device=t.device)
+    mix.index_put_((slot, lo - anchor + 1), 1 - t, accumulate=True)
+    mix.index_put_((slot, hi - anchor + 1), t, accumulate=True)
+
+    def in_slots(values):
+        return values.new_zeros(count * most).index_copy(0, slot, values).view(count, most)
+
+    return mix.view(count, most, 3), in_slots(2 * (z - anchor)), in_slots(rows), in_slots(weight)
+
+
+def blend_planes(x: torch.Tensor, g0: int, count: int, mix: torch.Tensor) -> torch.Tensor:
+    """The M blends ``sum_p mix[g, m, p] x[g0 + g + p]`` of each anchor plane's three neighbours, for x
+    (B, D + 2, h, w, C) padded by one plane on each side: (B, G, h, w, M, C). One matmul per plane on a
+    view of x, no copy of it."""
+    batch, _, h, w, channels = x.shape
+    planes = x[:, g0:g0 + count + 2].unfold(1, 3, 1).reshape(batch, count, h * w * channels, 3)
+    blended = torch.matmul(planes, mix.transpose(1, 2).to(x.dtype))      # (B, G, h w C, M)
+    return blended.view(batch, count, h, w, channels, -1).transpose(-1, -2)
 
 
 def pad_in_plane(codes: torch.Tensor) -> torch.Tensor:
@@ -209,27 +290,40 @@ class CycleINR(nn.Module):
         z, lo, hi, t = bracket(z.to(codes.device), depth)               # t stays fp32 under autocast
         rows, anchor, weight = ensemble_entries(lo, hi, t, self.config.blend_band)
 
-        # (B, D, h+2, w+2, C), contiguous: index_select copies a strided source whole on every call, which
-        # made the per-group plane gathers quadratic in the window's depth (23 % of a 64-slice CT's time)
-        padded = pad_in_plane(codes)[:, :, y0:y1 + 2, x0:x1 + 2].contiguous()
+        # (B, D + 2, h + 2, w + 2, C), borders replicated, contiguous: every 3x3x3 block is a window of it
+        padded = pad_in_plane(codes)[:, :, y0:y1 + 2, x0:x1 + 2]
+        padded = torch.cat([padded[:, :1], padded, padded[:, -1:]], dim=1)
         inner = padded[:, :, 1:-1, 1:-1]
-        queries = self._queries(inner) if self.attention is not None else None
+        if self.attention is not None:
+            queries = self._queries(inner)
+        else:
+            inner = inner.contiguous()
         h, w = y1 - y0, x1 - x0
         planes = torch.unique(anchor)
         per_group = len(planes) if chunk is None else max(1, chunk // (h * w))
         out = torch.zeros(codes.shape[0], len(z), h, w, device=codes.device, dtype=torch.float32)
         for group in torch.split(planes, per_group):
             sel = (anchor >= group[0]) & (anchor <= group[-1])
-            g_rows, g_anchor = rows[sel], anchor[sel]
-            g_lo, g_hi, g_t = lo[g_rows], hi[g_rows], t[g_rows]
-            if queries is None:                                         # Eq. 3 alone (no attention)
-                tq = g_t.view(1, -1, 1, 1, 1).to(codes.dtype)
-                attended = inner[:, g_lo] * (1 - tq) + inner[:, g_hi] * tq
+            g_rows = rows[sel]
+            mix, local, slot_rows, slot_weight = entry_slots(group, anchor[sel], g_rows, weight[sel], z[g_rows],
+                                                             lo[g_rows], hi[g_rows], t[g_rows])
+            g0, count = int(group[0]), int(group[-1]) - int(group[0]) + 1
+            if self.attention is None:                                 # Eq. 3 alone (no attention)
+                attended = blend_planes(inner, g0, count, mix)
             else:
-                attended = self._attend(padded, queries, group, g_anchor, g_lo, g_hi, g_t)          # Eq. 4
-            local = (2 * (z[g_rows] - g_anchor)).view(1, -1, 1, 1).expand(attended.shape[:-1])
-            value = self._decode_points(local, attended, chunk)                                  # Eq. 5
-            out.index_add_(1, g_rows, value * weight[sel].view(1, -1, 1, 1))
+                attended = self._attend(padded, queries, g0, count, mix)                          # Eq. 4
+            filled = slot_weight > 0                       # ensemble_entries gives only non-zero weights
+            if bool(filled.all()):                         # decode the (B, G, h, w, M) grid as it is
+                local = local.view(1, count, 1, 1, -1).expand(attended.shape[:-1])
+                value = self._decode_points(local, attended, chunk) * slot_weight.view(1, count, 1, 1, -1)
+                value = value.permute(0, 1, 4, 2, 3).reshape(codes.shape[0], -1, h, w)
+                out.index_add_(1, slot_rows.flatten(), value)
+            else:                                          # skip empty slots: (E, B, h, w) entries
+                g, m = torch.nonzero(filled, as_tuple=True)
+                attended = attended[:, g, :, :, m]
+                local = local[g, m].view(-1, 1, 1, 1).expand(attended.shape[:-1])
+                value = self._decode_points(local, attended, chunk) * slot_weight[g, m].view(-1, 1, 1, 1)
+                out.index_add_(1, slot_rows[g, m], value.transpose(0, 1))
         if self.config.residual == "linear":
             image = lr[:, 0, :, y0:y1, x0:x1].float()
             t4 = t.view(1, -1, 1, 1)
@@ -253,34 +347,25 @@ class CycleINR(nn.Module):
         q = att.q(inner) * att.scale
         return q @ att.k.weight.to(q.dtype), q @ att.k.bias.to(q.dtype)
 
-    def _attend(self, padded, queries, group, anchor, lo, hi, t) -> torch.Tensor:
-        """Eq. 4 for entries anchored on the planes ``group`` (sorted): softmax over the 27 codes of the
-        anchor's 3x3x3 block with q = (1 - t) q_lo + t q_hi. Per LR voxel of an anchor plane: its block
-        (27 x C), a score table against the queries of the 3 planes around it, and one batched matmul
-        with the weights of all entries anchored there."""
-        batch, depth, h, w = padded.shape[0], padded.shape[1], padded.shape[2] - 2, padded.shape[3] - 2
-        channels, count = padded.shape[-1], len(group)
-        near = (group[:, None] + torch.arange(-1, 2, device=group.device)).clamp(0, depth - 1).flatten()
-        block = padded.index_select(1, near).unfold(2, 3, 1).unfold(3, 3, 1)   # (B, 3G, h, w, C, 3, 3)
-        block = block.reshape(batch, count, 3, h, w, channels, 3, 3).permute(0, 1, 3, 4, 2, 6, 7, 5)
-        block = block.reshape(batch, count, h, w, 27, channels)
+    def _attend(self, padded, queries, g0: int, count: int, mix: torch.Tensor) -> torch.Tensor:
+        """Eq. 4 for the entries anchored on planes ``g0 .. g0 + count - 1``, laid out (B, G, h, w, M, C)
+        as ``entry_slots`` orders them: softmax over the 27 codes of the anchor's 3x3x3 block with
+        q = (1 - t) q_lo + t q_hi. Per LR voxel of an anchor plane: its block (27 x C), the M entries'
+        queries (``mix`` applied to the 3 planes' W_K^T q), and two small matmuls (scores, values)."""
+        batch, h, w, channels = padded.shape[0], padded.shape[2] - 2, padded.shape[3] - 2, padded.shape[-1]
+        most = mix.shape[1]
+        block = padded[:, g0:g0 + count + 2].unfold(1, 3, 1).unfold(2, 3, 1).unfold(3, 3, 1)
+        block = block.permute(0, 1, 2, 3, 5, 6, 7, 4).reshape(-1, 27, channels)  # (B G h w, 27, C)
         qk, qb = queries
-        qs = qk.index_select(1, near).view(batch, count, 3, h, w, channels).permute(0, 1, 3, 4, 2, 5)
-        tables = torch.matmul(qs, block.transpose(-1, -2))                # (B, G, h, w, 3 query planes, 27)
-        tables = tables + qb.index_select(1, near).view(batch, count, 3, h, w).permute(0, 1, 3, 4, 2)[..., None]
-        tables = tables.permute(0, 1, 4, 2, 3, 5).reshape(batch, count * 3, h, w, 27)
-        slot = torch.searchsorted(group, anchor)
-        pick = lambda plane: tables.index_select(1, slot * 3 + plane - anchor + 1).float()  # noqa: E731
-        tt = t.view(1, -1, 1, 1, 1)
-        weights = torch.softmax(torch.lerp(pick(lo), pick(hi), tt), dim=-1).to(block.dtype)
-        rank = torch.arange(len(anchor), device=anchor.device) - torch.searchsorted(anchor, anchor)
-        most = int(rank.max()) + 1                                         # entries per anchor, at most
-        index = slot * most + rank
-        grouped = weights.new_zeros(batch, count * most, h, w, 27).index_copy(1, index, weights)
-        grouped = grouped.view(batch, count, most, h, w, 27).permute(0, 1, 3, 4, 2, 5)
-        mixed = torch.matmul(grouped, block)                               # (B, G, h, w, M, C)
-        mixed = mixed.permute(0, 1, 4, 2, 3, 5).reshape(batch, count * most, h, w, channels).index_select(1, index)
-        return self.attention.v(mixed)
+        q = blend_planes(qk, g0, count, mix).view(-1, most, channels)
+        scores = torch.matmul(q, block.transpose(1, 2))                   # (B G h w, M, 27)
+        scores = scores + blend_planes(qb[..., None], g0, count, mix).view(-1, most, 1)
+        weights = torch.softmax(scores.float(), dim=-1).to(block.dtype)
+        mixed = torch.matmul(weights, block).view(batch, count, h, w, most, channels)
+        v = self.attention.v
+        if onednn_linear_usable(mixed):
+            return onednn_linear(mixed.view(-1, channels), v.weight, v.bias).view(mixed.shape)
+        return v(mixed)
 
     def forward(self, lr: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.decode(lr, self.encode(lr), z)
