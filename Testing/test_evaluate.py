@@ -140,7 +140,7 @@ def test_bench_flop_model_matches_torch_flop_counter(monkeypatch):
     from cycleinr.bench import flops_breakdown
     from cycleinr.config import preset
     from cycleinr.model import CycleINR
-    monkeypatch.setattr(model_module, "USE_ONEDNN_LINEAR", False)   # FlopCounterMode counts aten's matmuls
+    monkeypatch.setattr(model_module, "USE_ONEDNN", False)   # FlopCounterMode counts aten's matmuls
     for neighbours, band, z in ((27, 0.5, torch.linspace(0, 4, 9)), (0, 0.5, torch.linspace(0, 4, 9)),
                                 (27, 0.25, torch.arange(0, 4.01, 1 / 3.3)), (27, 0.1, torch.tensor([0.0, 1.45, 2.5]))):
         cfg = preset("fast", neighbours=neighbours, blend_band=band)

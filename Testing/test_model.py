@@ -61,7 +61,7 @@ def reference(model: CycleINR, lr: torch.Tensor, points: torch.Tensor) -> torch.
 def test_fast_sampler_matches_reference(neighbours, scale, band, onednn, monkeypatch):
     """Both inference paths: oneDNN's fused inner products and aten's matmuls."""
     from cycleinr import model as model_module
-    monkeypatch.setattr(model_module, "USE_ONEDNN_LINEAR", onednn)
+    monkeypatch.setattr(model_module, "USE_ONEDNN", onednn)
     model = make_model(seed=int(scale * 10) + neighbours, neighbours=neighbours, blend_band=band)
     torch.manual_seed(1)
     lr = torch.randn(1, 1, 5, 6, 7)
@@ -80,15 +80,15 @@ def test_onednn_linear_is_used_on_x86_and_equals_aten():
     have it, and it must give aten's results."""
     import platform
 
-    from cycleinr.model import _onednn_linear_works, onednn_linear, onednn_linear_usable
+    from cycleinr.model import _onednn_works, onednn_linear, use_onednn
     if platform.machine().lower() in ("x86_64", "amd64"):
-        assert _onednn_linear_works()
-    if not _onednn_linear_works():
+        assert _onednn_works()
+    if not _onednn_works():
         pytest.skip("this torch build has no oneDNN inner product; aten's path is tested above")
     torch.manual_seed(0)
     x, w, b, other = torch.randn(300, 33), torch.randn(64, 33), torch.randn(64), torch.randn(300, 64)
     with torch.no_grad():
-        assert onednn_linear_usable(x)
+        assert use_onednn(x)
         torch.testing.assert_close(onednn_linear(x, w, b), x @ w.T + b, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(onednn_linear(x, w, b, relu=True), torch.relu(x @ w.T + b), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(onednn_linear(x, w, None, add=other), x @ w.T + other, rtol=1e-5, atol=1e-5)
@@ -100,15 +100,26 @@ def test_onednn_linear_is_used_on_x86_and_equals_aten():
         code, local = torch.randn(2, 50, 32), torch.rand(2, 50)
         with torch.no_grad():
             fused = decoder(local, code)
-            model_module.USE_ONEDNN_LINEAR = False
+            model_module.USE_ONEDNN = False
             try:
                 plain = decoder(local, code)
             finally:
-                model_module.USE_ONEDNN_LINEAR = True
+                model_module.USE_ONEDNN = True
         torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
-    assert not onednn_linear_usable(x)                   # autograd: the op has no backward
+    for shape in ((1, 1, 6, 40, 120), (2, 1, 9, 20, 17)):   # a thin window, a batch
+        encoder = CycleINR(preset("fast")).encoder
+        volume = torch.randn(shape)
+        with torch.no_grad():
+            fused = encoder(volume)
+            y = encoder.head(volume)
+            for block in encoder.blocks:                   # the modules as built, through aten
+                y = y + block.body(y)
+            reference = encoder.tail(y)
+        assert fused.is_contiguous(memory_format=torch.channels_last_3d)
+        torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
+    assert not use_onednn(x)                   # autograd: the op has no backward
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not onednn_linear_usable(x)
+        assert not use_onednn(x)
 
 
 def test_a_training_batch_equals_its_samples_decoded_alone():
