@@ -24,7 +24,7 @@ import torch
 
 from .config import preset
 from .geometry import Geometry, UpsampleResult, output_slice_positions, resolve_target_spacing
-from .model import CycleINR
+from .model import DECODER_CHUNKS, CycleINR
 from .noise import NOISE_MODES, input_noise_sigmas, match_noise
 from .volume_io import check_volume
 from .weights import load_model
@@ -254,7 +254,7 @@ def window_and_tile(config, device: torch.device, shape, margin: int,
     if free_bytes is None:
         free_bytes, _ = torch.cuda.mem_get_info(device)
     points = POINTS_PER_CHUNK["cuda"]
-    decode = 2 * points * (27 * config.code_length + 8 * config.decoder_width)       # bf16 bytes
+    decode = 2 * points * (27 * config.code_length + DECODER_CHUNKS * 8 * config.decoder_width)   # bf16 bytes
     budget = max(CUDA_MEMORY_SHARE * free_bytes - decode, 0)
     per_voxel = 2 * _values_per_voxel(config)                          # bf16
     n, h, w = shape
