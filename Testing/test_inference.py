@@ -91,6 +91,7 @@ def test_default_cpu_tiles_stitch_like_one_tile(monkeypatch):
     one = upsample(vol, (1, 1, 2.0), factor=2, model=model, device="cpu", tile=1000,
                    margin=model.config.context_radius)
     monkeypatch.setenv("CYCLEINR_POINTS_PER_CHUNK", "100")                        # one slice per chunk
+    monkeypatch.setenv("CYCLEINR_DECODER_POINTS", "777")                          # several decoder calls
     tiled = upsample(vol, (1, 1, 2.0), factor=2, model=model, device="cpu", margin=model.config.context_radius)
     assert inference.spans(vol.shape[2], inference.DEFAULT_TILE["cpu"], 2) != [(0, vol.shape[2] - 1)]
     assert np.abs(tiled.array - one.array).max() < 1e-5 * np.ptp(one.array)

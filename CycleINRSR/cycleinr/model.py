@@ -181,11 +181,6 @@ class Decoder(nn.Module):
         return h
 
 
-# The decoder takes this many times ``decode``'s chunk of points per call, the attention's 27-code blocks one
-# chunk of LR voxels: bigger inner products ran faster (fast preset, a 112 x 112 tile of 64 LR slices to 316:
-# decode 3.3 -> 2.6 s from 16k to 64k points per call; 8k: 3.7 s), blocks as big did not (2.7 s).
-DECODER_CHUNKS = 4
-
 # Inference on a CPU calls oneDNN's fused primitives (``onednn_linear``, ``onednn_conv``) when this is on.
 # A switch for A/B benchmarks and for the tests that hold both paths equal.
 USE_ONEDNN = True
@@ -311,17 +306,17 @@ class CycleINR(nn.Module):
         return self.encoder(lr).permute(0, 2, 3, 4, 1).contiguous()
 
     def decode(self, lr: torch.Tensor, codes: torch.Tensor, z: torch.Tensor, region=None,
-               chunk: int | None = None) -> torch.Tensor:
+               chunk: int | None = None, points: int | None = None) -> torch.Tensor:
         """Intensities (B, Q, h, w) at slice positions ``z`` (Q,) in LR index units, in-plane at the LR
         centres of ``region`` = (y0, y1, x0, x1) (half-open; default: the whole plane). Decoding only a
         region lets a sliding window skip its context margin; codes outside it serve as neighbours.
-        ``chunk`` bounds the work per step (LR voxels per group of anchor planes; ``DECODER_CHUNKS`` times
-        as many points per decoder call), for cache-sized tensors on CPUs; None does everything at once
-        (training)."""
+        ``chunk`` bounds the work per step (LR voxels per group of anchor planes), ``points`` that of a
+        decoder call (default: ``chunk``); None does everything at once (training)."""
         depth, height, width = codes.shape[1:4]
         y0, y1, x0, x1 = region or (0, height, 0, width)
         z, lo, hi, t = bracket(z.to(codes.device), depth)               # t stays fp32 under autocast
         rows, anchor, weight = ensemble_entries(lo, hi, t, self.config.blend_band)
+        points = points or chunk
 
         # (B, D + 2, h + 2, w + 2, C), borders replicated, contiguous: every 3x3x3 block is a window of it
         padded = pad_in_plane(codes)[:, :, y0:y1 + 2, x0:x1 + 2]
@@ -348,14 +343,14 @@ class CycleINR(nn.Module):
             filled = slot_weight > 0                       # ensemble_entries gives only non-zero weights
             if bool(filled.all()):                         # decode the (B, G, h, w, M) grid as it is
                 local = local.view(1, count, 1, 1, -1).expand(attended.shape[:-1])
-                value = self._decode_points(local, attended, chunk) * slot_weight.view(1, count, 1, 1, -1)
+                value = self._decode_points(local, attended, points) * slot_weight.view(1, count, 1, 1, -1)
                 value = value.permute(0, 1, 4, 2, 3).reshape(codes.shape[0], -1, h, w)
                 out.index_add_(1, slot_rows.flatten(), value)
             else:                                          # skip empty slots: (E, B, h, w) entries
                 g, m = torch.nonzero(filled, as_tuple=True)
                 attended = attended[:, g, :, :, m]
                 local = local[g, m].view(-1, 1, 1, 1).expand(attended.shape[:-1])
-                value = self._decode_points(local, attended, chunk) * slot_weight[g, m].view(-1, 1, 1, 1)
+                value = self._decode_points(local, attended, points) * slot_weight[g, m].view(-1, 1, 1, 1)
                 out.index_add_(1, slot_rows[g, m], value.transpose(0, 1))
         if self.config.residual == "linear":
             image = lr[:, 0, :, y0:y1, x0:x1].float()
@@ -364,7 +359,6 @@ class CycleINR(nn.Module):
         return out
 
     def _decode_points(self, local: torch.Tensor, code: torch.Tensor, chunk: int | None) -> torch.Tensor:
-        chunk = None if chunk is None else DECODER_CHUNKS * chunk
         if chunk is None or local.numel() <= chunk:
             return self.decoder(local, code).float()
         flat, where = code.reshape(-1, code.shape[-1]), local.reshape(-1)
