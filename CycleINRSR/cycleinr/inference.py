@@ -38,10 +38,8 @@ from .weights import load_model
 DEFAULT_WINDOW, DEFAULT_OVERLAP = 24, 2
 DEFAULT_TILE = {"cpu": 112, "cuda": 512}
 POINTS_PER_CHUNK = {"cpu": 1 << 14, "cuda": 1 << 20}
-# Decoder points per call. On a CPU bigger inner products than the attention's chunk ran faster (fast preset,
-# a 112 x 112 tile of 64 LR slices to 316: decode 3.3 -> 2.6 s from 16k to 64k points; 8k: 3.7 s), while
-# 27-code blocks as big did not (2.7 s).
-DECODER_POINTS = {"cpu": 1 << 16, "cuda": 1 << 20}
+# Decoder activation values (points x width) per call on a CPU, see ``decoder_points``.
+DECODER_VALUES_CPU = 1 << 22
 CUDA_MEMORY_SHARE = 0.5                   # of the free GPU memory that one window may take
 OUTPUT_MEMORY_SHARE = 0.25                # of the free GPU memory that the output volume may take
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -172,7 +170,7 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
     weight_sum = torch.zeros(len(positions), dtype=torch.float32, device=home)
     total, done = len(z_spans) * len(y_spans) * len(x_spans), 0
     chunk = int(os.environ.get("CYCLEINR_POINTS_PER_CHUNK", POINTS_PER_CHUNK[dev.type]))
-    points = int(os.environ.get("CYCLEINR_DECODER_POINTS", DECODER_POINTS[dev.type]))
+    points = int(os.environ.get("CYCLEINR_DECODER_POINTS", decoder_points(cfg, dev, chunk)))
     with torch.inference_mode(), autocast_for(dev, precision):
         for za, zb in z_spans:
             inside = np.nonzero((positions >= za - 1e-9) & (positions <= zb + 1e-9))[0]
@@ -209,6 +207,15 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
     spacing_out = (spacing[0], spacing[1], float(target))
     return UpsampleResult(out, spacing_out, positions, adaptation=report,
                           adapted_model=net if report is not None else None)
+
+
+def decoder_points(config, device: torch.device, chunk: int) -> int:
+    """Decoder points per call: one chunk on CUDA; on a CPU ``DECODER_VALUES_CPU`` activations, more than
+    the attention's chunk for narrow decoders. Bigger inner products ran faster up to there (fast preset,
+    width 64, a 112 x 112 tile of 64 LR slices to 316: decode 3.3 -> 2.6 s from 16k to 64k points; 8k:
+    3.7 s), not past it (paper preset, width 256: 64k points 1.2x slower than 16k); 27-code blocks as big
+    as 64k points did not pay (2.7 s)."""
+    return chunk if device.type == "cuda" else max(chunk, DECODER_VALUES_CPU // config.decoder_width)
 
 
 def output_device(device: torch.device, shape, free_bytes: int | None = None) -> torch.device:
