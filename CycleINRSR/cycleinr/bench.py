@@ -26,7 +26,7 @@ BASELINE = "linear"
 # ------------------------------------------------------------------------------------- FLOP model
 
 def decoder_plan(config, n_lr_slices: int, z) -> tuple[int, int, int]:
-    """(decoder entries, anchor planes spanned, most entries on one anchor) of decoding positions ``z`` in
+    """(decoder entries, anchor planes, most entries on one anchor) of decoding positions ``z`` in
     one group: the local ensemble decodes a query once on an LR plane or outside the blend band, twice
     inside it; the attention works on a (planes x most entries) grid of slots (``model.entry_slots``)."""
     import torch
@@ -35,7 +35,7 @@ def decoder_plan(config, n_lr_slices: int, z) -> tuple[int, int, int]:
     _, lo, hi, t = bracket(torch.as_tensor(np.asarray(z), dtype=torch.float32), n_lr_slices)
     _, anchor, _ = ensemble_entries(lo, hi, t, config.blend_band)
     counts = torch.bincount(anchor)
-    return len(anchor), int(anchor.max() - anchor.min()) + 1, int(counts.max())
+    return len(anchor), int((counts > 0).sum()), int(counts.max())
 
 
 def flops_breakdown(config, n_lr_slices: int, n_out_slices: int, plane: int, z=None) -> dict[str, float]:

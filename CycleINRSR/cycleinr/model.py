@@ -250,8 +250,8 @@ def entry_slots(group, anchor, rows, weight, z, lo, hi, t):
     entry's ``(1 - t) lo + t hi``, its local coordinate ``2 (z - a)``, output row and ensemble weight.
     Empty slots have weight 0: they are decoded but add nothing."""
     rank = torch.arange(len(anchor), device=anchor.device) - torch.searchsorted(anchor, anchor)
-    count, most = int(group[-1] - group[0]) + 1, int(rank.max()) + 1
-    slot = (anchor - group[0]) * most + rank
+    count, most = len(group), int(rank.max()) + 1
+    slot = torch.searchsorted(group, anchor) * most + rank
     mix = torch.zeros(count * most, 3, dtype=t.dtype, device=t.device)
     mix.index_put_((slot, lo - anchor + 1), 1 - t, accumulate=True)
     mix.index_put_((slot, hi - anchor + 1), t, accumulate=True)
@@ -262,14 +262,45 @@ def entry_slots(group, anchor, rows, weight, z, lo, hi, t):
     return mix.view(count, most, 3), in_slots(2 * (z - anchor)), in_slots(rows), in_slots(weight)
 
 
-def blend_planes(x: torch.Tensor, g0: int, count: int, mix: torch.Tensor) -> torch.Tensor:
-    """The M blends ``sum_p mix[g, m, p] x[g0 + g + p]`` of each anchor plane's three neighbours, for x
-    (B, D + 2, h, w, C) padded by one plane on each side: (B, G, h, w, M, C). One matmul per plane on a
-    view of x, no copy of it."""
+def blend_planes(x: torch.Tensor, group: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """The M blends ``sum_p mix[g, m, p] x[a_g + p]`` of the three planes around each anchor plane a_g of
+    ``group``, for x (B, D + 2, h, w, C) padded by one plane on each side: (B, G, h, w, M, C). Consecutive
+    anchors at inference: one matmul per plane on a view of x, no copy of it. Otherwise the planes are
+    gathered (the cycle pass anchors every few planes; autograd's backward of ``unfold`` was slow)."""
     batch, _, h, w, channels = x.shape
+    mix, count, g0 = mix.to(x.dtype), len(group), int(group[0])
+    if _trains(x) or not _consecutive(group):
+        near = group[:, None] + torch.arange(3, device=x.device)
+        planes = x.index_select(1, near.flatten()).view(batch, count, 3, h * w * channels)
+        blended = torch.matmul(mix, planes)                                # (B, G, M, h w C)
+        return blended.view(batch, count, -1, h, w, channels).permute(0, 1, 3, 4, 2, 5)
     planes = x[:, g0:g0 + count + 2].unfold(1, 3, 1).reshape(batch, count, h * w * channels, 3)
-    blended = torch.matmul(planes, mix.transpose(1, 2).to(x.dtype))      # (B, G, h w C, M)
+    blended = torch.matmul(planes, mix.transpose(1, 2))                   # (B, G, h w C, M)
     return blended.view(batch, count, h, w, channels, -1).transpose(-1, -2)
+
+
+def neighbour_blocks(padded: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """The 3x3x3 code blocks (B G h w, 27, C) around every LR voxel of the anchor planes ``group``, from
+    codes (B, D + 2, h + 2, w + 2, C) padded by one voxel on every side: windows of a view copied once
+    (consecutive anchors at inference), or one gather (its backward is an index_add, unfold's was slow)."""
+    batch, _, h2, w2, channels = padded.shape
+    h, w, count, g0 = h2 - 2, w2 - 2, len(group), int(group[0])
+    if _trains(padded) or not _consecutive(group):
+        arange = functools.partial(torch.arange, device=padded.device)
+        start = ((group[:, None, None] * h2 + arange(h)[:, None]) * w2 + arange(w)).flatten()
+        offsets = ((arange(3)[:, None, None] * h2 + arange(3)[:, None]) * w2 + arange(3)).flatten()
+        flat = padded.reshape(batch, -1, channels).index_select(1, (start[:, None] + offsets).flatten())
+        return flat.view(-1, 27, channels)
+    block = padded[:, g0:g0 + count + 2].unfold(1, 3, 1).unfold(2, 3, 1).unfold(3, 3, 1)
+    return block.permute(0, 1, 2, 3, 5, 6, 7, 4).reshape(-1, 27, channels)
+
+
+def _trains(x: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and x.requires_grad
+
+
+def _consecutive(planes: torch.Tensor) -> bool:
+    return int(planes[-1] - planes[0]) + 1 == len(planes)
 
 
 def pad_in_plane(codes: torch.Tensor) -> torch.Tensor:
@@ -335,11 +366,11 @@ class CycleINR(nn.Module):
             g_rows = rows[sel]
             mix, local, slot_rows, slot_weight = entry_slots(group, anchor[sel], g_rows, weight[sel], z[g_rows],
                                                              lo[g_rows], hi[g_rows], t[g_rows])
-            g0, count = int(group[0]), int(group[-1]) - int(group[0]) + 1
+            count = len(group)
             if self.attention is None:                                 # Eq. 3 alone (no attention)
-                attended = blend_planes(inner, g0, count, mix)
+                attended = blend_planes(inner, group, mix)
             else:
-                attended = self._attend(padded, queries, g0, count, mix)                          # Eq. 4
+                attended = self._attend(padded, queries, group, mix)                              # Eq. 4
             filled = slot_weight > 0                       # ensemble_entries gives only non-zero weights
             if bool(filled.all()):                         # decode the (B, G, h, w, M) grid as it is
                 local = local.view(1, count, 1, 1, -1).expand(attended.shape[:-1])
@@ -375,21 +406,20 @@ class CycleINR(nn.Module):
         q = att.q(inner) * att.scale
         return q @ att.k.weight.to(q.dtype), q @ att.k.bias.to(q.dtype)
 
-    def _attend(self, padded, queries, g0: int, count: int, mix: torch.Tensor) -> torch.Tensor:
-        """Eq. 4 for the entries anchored on planes ``g0 .. g0 + count - 1``, laid out (B, G, h, w, M, C)
+    def _attend(self, padded, queries, group: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+        """Eq. 4 for the entries anchored on the planes ``group``, laid out (B, G, h, w, M, C)
         as ``entry_slots`` orders them: softmax over the 27 codes of the anchor's 3x3x3 block with
         q = (1 - t) q_lo + t q_hi. Per LR voxel of an anchor plane: its block (27 x C), the M entries'
         queries (``mix`` applied to the 3 planes' W_K^T q), and two small matmuls (scores, values)."""
         batch, h, w, channels = padded.shape[0], padded.shape[2] - 2, padded.shape[3] - 2, padded.shape[-1]
         most = mix.shape[1]
-        block = padded[:, g0:g0 + count + 2].unfold(1, 3, 1).unfold(2, 3, 1).unfold(3, 3, 1)
-        block = block.permute(0, 1, 2, 3, 5, 6, 7, 4).reshape(-1, 27, channels)  # (B G h w, 27, C)
+        block = neighbour_blocks(padded, group)                       # (B G h w, 27, C)
         qk, qb = queries
-        q = blend_planes(qk, g0, count, mix).view(-1, most, channels)
+        q = blend_planes(qk, group, mix).reshape(-1, most, channels)
         scores = torch.matmul(q, block.transpose(1, 2))                   # (B G h w, M, 27)
-        scores = scores + blend_planes(qb[..., None], g0, count, mix).view(-1, most, 1)
+        scores = scores + blend_planes(qb[..., None], group, mix).reshape(-1, most, 1)
         weights = torch.softmax(scores.float(), dim=-1).to(block.dtype)
-        mixed = torch.matmul(weights, block).view(batch, count, h, w, most, channels)
+        mixed = torch.matmul(weights, block).view(batch, len(group), h, w, most, channels)
         v = self.attention.v
         if use_onednn(mixed):
             return onednn_linear(mixed.view(-1, channels), v.weight, v.bias).view(mixed.shape)
