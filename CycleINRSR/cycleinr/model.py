@@ -303,11 +303,15 @@ def _consecutive(planes: torch.Tensor) -> bool:
     return int(planes[-1] - planes[0]) + 1 == len(planes)
 
 
-def pad_in_plane(codes: torch.Tensor) -> torch.Tensor:
-    """(B, D, H, W, C) codes with one replicated row and column on each in-plane side, channels-last (the
-    3x3 neighbour gathers read whole code vectors)."""
-    codes = torch.cat([codes[:, :, :1], codes, codes[:, :, -1:]], dim=2)
-    return torch.cat([codes[:, :, :, :1], codes, codes[:, :, :, -1:]], dim=3)
+def padded_region(codes: torch.Tensor, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+    """Codes (B, D, H, W, C) of rows y0 .. y1 - 1 and columns x0 .. x1 - 1 with one more voxel on every side,
+    replicated at the volume's borders: (B, D + 2, h + 2, w + 2, C), contiguous, one gather. Every 3x3x3
+    block around the region is a window of it."""
+    depth, height, width = codes.shape[1:4]
+    arange = functools.partial(torch.arange, device=codes.device)
+    planes = arange(-1, depth + 1).clamp(0, depth - 1)
+    rows, columns = arange(y0 - 1, y1 + 1).clamp(0, height - 1), arange(x0 - 1, x1 + 1).clamp(0, width - 1)
+    return codes[:, planes[:, None, None], rows[:, None], columns]
 
 
 def bracket(z: torch.Tensor, depth: int):
@@ -349,9 +353,7 @@ class CycleINR(nn.Module):
         rows, anchor, weight = ensemble_entries(lo, hi, t, self.config.blend_band)
         points = points or chunk
 
-        # (B, D + 2, h + 2, w + 2, C), borders replicated, contiguous: every 3x3x3 block is a window of it
-        padded = pad_in_plane(codes)[:, :, y0:y1 + 2, x0:x1 + 2]
-        padded = torch.cat([padded[:, :1], padded, padded[:, -1:]], dim=1)
+        padded = padded_region(codes, y0, y1, x0, x1)
         inner = padded[:, :, 1:-1, 1:-1]
         if self.attention is not None:
             queries = self._queries(inner)
