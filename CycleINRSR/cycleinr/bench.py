@@ -43,8 +43,8 @@ def flops_breakdown(config, n_lr_slices: int, n_out_slices: int, plane: int, z=N
     ``n_out_slices`` evenly spaced over the volume), by kind.
 
     ``conv``: encoder 3x3x3 convolutions per LR voxel; ``linear``: per LR voxel (and one replicated plane
-    on each side) the query projection and W_K^T q (fused attention), per slot W_V, per decoder entry
-    the decoder layers; ``attention``: per slot of an anchor plane's LR voxel its query (a blend of 3
+    on each side) [W_K^T q, q . b_K] as one map of the code (its weights folded from W_Q and W_K once per
+    pass), per slot W_V, per decoder entry the decoder layers; ``attention``: per slot of an anchor plane's LR voxel its query (a blend of 3
     planes' W_K^T q and q . b_K), its 27 scores and its value sum; without attention the blend of 3
     planes' codes (Eq. 3). These are all matmuls, which torch's FlopCounterMode counts too. Biases,
     softmax and activations are ignored.
@@ -60,7 +60,8 @@ def flops_breakdown(config, n_lr_slices: int, n_out_slices: int, plane: int, z=N
     dims_out = [c.decoder_width] * (c.decoder_layers - 1) + [1]
     decoder = sum(i * o for i, o in zip(dims_in, dims_out, strict=True))
     attention = c.neighbours > 0
-    linear = (2 * c.code_length ** 2 * (n_lr_slices + 2) if attention and n_out_slices else 0) + \
+    queries = (c.code_length + 1) * c.code_length * (n_lr_slices + 2 + c.code_length / plane)   # + the fold
+    linear = (queries if attention and n_out_slices else 0) + \
         decoder * entries + (c.code_length ** 2 * slots if attention else 0)
     per_slot = (2 * 27 * c.code_length + 3 * c.code_length + 3) if attention else 3 * c.code_length
     return {"conv": 2.0 * conv * n_lr_slices * plane, "linear": 2.0 * linear * plane,
@@ -69,10 +70,12 @@ def flops_breakdown(config, n_lr_slices: int, n_out_slices: int, plane: int, z=N
 
 def flops_per_output_voxel(config, factor: float, n_lr_slices: int = 64) -> float:
     """Model FLOPs per output voxel when upsampling ``n_lr_slices`` slices by ``factor`` in one window
-    (no sliding-window overlap): the ideal the bench compares wall time with."""
+    (no sliding-window overlap): the ideal the bench compares wall time with. Per-pass constants (the
+    query weights' fold) are spread over a 512 x 512 plane."""
     n_out = int(np.floor((n_lr_slices - 1) * factor + 1e-6)) + 1
     z = np.arange(n_out) / factor
-    return sum(flops_breakdown(config, n_lr_slices, n_out, 1, z=z).values()) / n_out
+    plane = 512 * 512
+    return sum(flops_breakdown(config, n_lr_slices, n_out, plane, z=z).values()) / (n_out * plane)
 
 
 # -------------------------------------------------------------------------------------- measuring

@@ -399,27 +399,29 @@ class CycleINR(nn.Module):
                  for i in range(0, len(flat), chunk)]
         return torch.cat(parts).view(local.shape)
 
-    def _queries(self, inner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """W_K^T q and q . b_K of every LR voxel (q = W_Q z + b_Q, scaled), so that q . k_j =
-        (W_K^T q) . z_j + q . b_K for raw codes z_j (Eq. 4). The second term is the same for all 27
-        neighbours and cancels in the softmax; it is kept so that b_K stays in the graph, as
-        DistributedDataParallel requires of every parameter."""
+    def _queries(self, inner: torch.Tensor) -> torch.Tensor:
+        """[W_K^T q, q . b_K] (C + 1 channels) of every LR voxel (q = W_Q z + b_Q, scaled), so that q . k_j =
+        (W_K^T q) . z_j + q . b_K for raw codes z_j (Eq. 4): one linear map of z, its weights folded from
+        W_Q and W_K. The second term is the same for all 27 neighbours and cancels in the softmax; it is
+        kept so that b_K stays in the graph, as DistributedDataParallel requires of every parameter."""
         att = self.attention
-        q = att.q(inner) * att.scale
-        return q @ att.k.weight.to(q.dtype), q @ att.k.bias.to(q.dtype)
+        k = torch.cat([att.k.weight.t(), att.k.bias[None]])                # (C + 1, C)
+        weight, bias = att.scale * (k @ att.q.weight), att.scale * (k @ att.q.bias)
+        if use_onednn(inner):
+            flat = onednn_linear(inner.reshape(-1, inner.shape[-1]), weight, bias)
+            return flat.view(*inner.shape[:-1], -1)
+        return nn.functional.linear(inner, weight, bias)
 
     def _attend(self, padded, queries, group: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
         """Eq. 4 for the entries anchored on the planes ``group``, laid out (B, G, h, w, M, C)
         as ``entry_slots`` orders them: softmax over the 27 codes of the anchor's 3x3x3 block with
         q = (1 - t) q_lo + t q_hi. Per LR voxel of an anchor plane: its block (27 x C), the M entries'
-        queries (``mix`` applied to the 3 planes' W_K^T q), and two small matmuls (scores, values)."""
+        queries (``mix`` applied to the 3 planes' ``_queries``), and two small matmuls (scores, values)."""
         batch, h, w, channels = padded.shape[0], padded.shape[2] - 2, padded.shape[3] - 2, padded.shape[-1]
         most = mix.shape[1]
-        block = neighbour_blocks(padded, group)                       # (B G h w, 27, C)
-        qk, qb = queries
-        q = blend_planes(qk, group, mix).reshape(-1, most, channels)
-        scores = torch.matmul(q, block.transpose(1, 2))                   # (B G h w, M, 27)
-        scores = scores + blend_planes(qb[..., None], group, mix).reshape(-1, most, 1)
+        block = neighbour_blocks(padded, group)                           # (B G h w, 27, C)
+        q = blend_planes(queries, group, mix).reshape(-1, most, channels + 1)
+        scores = torch.matmul(q[..., :channels], block.transpose(1, 2)) + q[..., channels:]  # (B G h w, M, 27)
         weights = torch.softmax(scores.float(), dim=-1).to(block.dtype)
         mixed = torch.matmul(weights, block).view(batch, len(group), h, w, most, channels)
         v = self.attention.v
