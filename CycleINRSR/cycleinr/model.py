@@ -203,7 +203,7 @@ def _onednn_works() -> bool:
         with torch.no_grad():
             return bool(torch.allclose(onednn_linear(x, w, b, relu=True), torch.relu(x @ w.t() + b), atol=1e-5)
                         and torch.allclose(onednn_conv(conv, volume, relu=True), torch.relu(conv(volume)), atol=1e-5))
-    except (AttributeError, RuntimeError, NotImplementedError):     # a build without oneDNN
+    except (AttributeError, RuntimeError, NotImplementedError, TypeError):   # a build without them
         return False
 
 
