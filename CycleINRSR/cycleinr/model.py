@@ -191,7 +191,14 @@ def use_onednn(x: torch.Tensor) -> bool:
     autograd (they have no backward) and no autocast, and the ops present and working in this torch build
     (checked once)."""
     return (USE_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and _onednn_works())
+            and not torch.is_grad_enabled() and not _cpu_autocast() and _onednn_works())
+
+
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:                                   # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled()
 
 
 @functools.cache
@@ -202,6 +209,7 @@ def _onednn_works() -> bool:
         volume = torch.randn(1, 2, 3, 4, 5)
         with torch.no_grad():
             return bool(torch.allclose(onednn_linear(x, w, b, relu=True), torch.relu(x @ w.t() + b), atol=1e-5)
+                        and torch.allclose(onednn_linear(x, w, None, add=b.expand(5, 3)), x @ w.t() + b, atol=1e-5)
                         and torch.allclose(onednn_conv(conv, volume, relu=True), torch.relu(conv(volume)), atol=1e-5))
     except (AttributeError, RuntimeError, NotImplementedError, TypeError):   # a build without them
         return False
