@@ -232,8 +232,9 @@ def output_device(device: torch.device, shape, free_bytes: int | None = None) ->
 def autocast_for(device: torch.device, precision: str = "auto") -> torch.autocast:
     """The network's precision. bfloat16 halves memory traffic and uses bf16 matrix units: on by default
     on CUDA; opt-in on a CPU, where it pays on CPUs with bf16 matrix units (AMX: paper preset 2.1x, fast
-    1.43x faster than float32 through oneDNN) and changes outputs by ~0.1 HU on average, but up to 16 HU at a few strong edges on
-    real CT (fast preset; ``Testing/benchmarks/upsample_speed.py --precision float32 bfloat16``)."""
+    1.43x faster than float32 through oneDNN) and changes outputs by ~0.1 HU on average, but up to 16 HU
+    at a few strong edges on real CT (fast preset; ``Testing/benchmarks/upsample_speed.py --precision
+    float32 bfloat16``)."""
     use_bf16 = precision == "bfloat16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
