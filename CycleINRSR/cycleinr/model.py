@@ -20,11 +20,13 @@ along z: weight ``w_hi = clip((t - 1/2) / (2 band) + 1/2, 0, 1)`` on the ``hi`` 
 nearest-plane decoding outside the band). Either way the output is continuous in ``z``.
 
 **Fused attention.** Q is affine in the code, so ``q(z) = (1 - t) q_lo + t q_hi``, and
-``q . k_j = (W_K^T q) . z_j + q . b_K`` (the last term cancels in the softmax). So the 27 scores of a query
-are a blend of two per-LR-voxel score tables, and the value sum is ``W_V (sum_j a_j z_j) + b_V``, one
-small batched matmul per LR voxel over the 27 codes of its block. Nothing of size 27 x C exists per
-query; the same code serves inference and training. Borders are clamped (replicated).
-"""
+``q . k_j = (W_K^T q) . z_j + q . b_K`` (the last term cancels in the softmax). So the scores need only
+[W_K^T q, q . b_K] per LR voxel (one linear map of its code), blended for each entry from the 3 planes
+around its anchor, and the value sum is ``W_V (sum_j a_j z_j) + b_V``. The entries anchored on a plane sit
+in a (planes x entries) grid of slots (``entry_slots``): per LR voxel of an anchor plane, two small
+matmuls over the 27 codes of its block serve all of its entries. Nothing of size 27 x C exists per
+query; the same code serves inference and training. Borders are clamped (replicated). CPU inference
+calls oneDNN's fused primitives (``use_onednn``)."""
 
 from __future__ import annotations
 
@@ -252,7 +254,7 @@ def ensemble_entries(lo: torch.Tensor, hi: torch.Tensor, t: torch.Tensor, band: 
 
 
 def entry_slots(group, anchor, rows, weight, z, lo, hi, t):
-    """The entries anchored on the planes ``group`` (sorted, consecutive; entries sorted by anchor as
+    """The entries anchored on the planes ``group`` (sorted; entries sorted by anchor as
     ``ensemble_entries`` gives them) in a (G, M) grid of slots, M the most entries one of these planes
     anchors. Per slot: the weights ``mix`` (G, M, 3) of the anchor's planes a - 1, a, a + 1 that give the
     entry's ``(1 - t) lo + t hi``, its local coordinate ``2 (z - a)``, output row and ensemble weight.
