@@ -241,3 +241,33 @@ def test_bfloat16_precision_on_cpu_is_close_to_float32():
     assert 0 < diff.max() and diff.mean() < 0.01 * np.abs(exact - exact.mean()).mean(), (diff.max(), diff.mean())
     with pytest.raises(ValueError, match="precision must be one of"):
         upsample(vol, (1, 1, 2.5), precision="half", **run)
+
+
+def test_cpu_upsample_takes_the_onednn_path_on_x86(monkeypatch):
+    """The speed of CPU inference comes from oneDNN's fused primitives (``model.use_onednn``): upsample must
+    reach them for the encoder and the MLPs (a spy counts the calls and runs the real op), and nothing on
+    the way (autograd, autocast) may silently switch them off."""
+    import platform
+
+    from cycleinr import model as model_module
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("oneDNN's fused primitives are asserted on x86 builds of torch only")
+    calls = {"linear": 0, "conv": 0}
+    real_linear, real_conv = model_module.onednn_linear, model_module.onednn_conv
+
+    def linear(*args, **kwargs):
+        calls["linear"] += 1
+        return real_linear(*args, **kwargs)
+
+    def conv(*args, **kwargs):
+        calls["conv"] += 1
+        return real_conv(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "onednn_linear", linear)
+    monkeypatch.setattr(model_module, "onednn_conv", conv)
+    vol = phantom((6, 20, 22)).astype(np.float32)
+    fused = upsample(vol, (1, 1, 2.0), factor=2.5, model=make_model(seed=4), device="cpu", noise="none").array
+    assert calls["linear"] > 0 and calls["conv"] > 0
+    monkeypatch.setattr(model_module, "USE_ONEDNN", False)
+    plain = upsample(vol, (1, 1, 2.0), factor=2.5, model=make_model(seed=4), device="cpu", noise="none").array
+    assert np.abs(fused - plain).max() < 1e-4 * np.ptp(plain)
