@@ -75,7 +75,7 @@ def test_fast_sampler_matches_reference(neighbours, scale, band, onednn, monkeyp
     assert torch.allclose(fast, ref, atol=1e-5), (fast - ref).abs().max()
 
 
-def test_onednn_linear_is_used_on_x86_and_equals_aten():
+def test_onednn_linear_is_used_on_x86_and_equals_aten(monkeypatch):
     """oneDNN's fused inner product (bias, ReLU, sum) is what makes CPU inference fast; x86 builds of torch
     have it, and it must give aten's results."""
     import platform
@@ -100,11 +100,9 @@ def test_onednn_linear_is_used_on_x86_and_equals_aten():
         code, local = torch.randn(2, 50, 32), torch.rand(2, 50)
         with torch.no_grad():
             fused = decoder(local, code)
-            model_module.USE_ONEDNN = False
-            try:
+            with monkeypatch.context() as patch:
+                patch.setattr(model_module, "USE_ONEDNN", False)
                 plain = decoder(local, code)
-            finally:
-                model_module.USE_ONEDNN = True
         torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
     for shape in ((1, 1, 6, 40, 120), (2, 1, 9, 20, 17)):   # a thin window, a batch
         encoder = CycleINR(preset("fast")).encoder

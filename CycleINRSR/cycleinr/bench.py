@@ -44,9 +44,9 @@ def flops_breakdown(config, n_lr_slices: int, n_out_slices: int, plane: int, z=N
 
     ``conv``: encoder 3x3x3 convolutions per LR voxel; ``linear``: per LR voxel (and one replicated plane
     on each side) [W_K^T q, q . b_K] as one map of the code (its weights folded from W_Q and W_K once per
-    pass), per slot W_V, per decoder entry the decoder layers; ``attention``: per slot of an anchor plane's LR voxel its query (a blend of 3
-    planes' W_K^T q and q . b_K), its 27 scores and its value sum; without attention the blend of 3
-    planes' codes (Eq. 3). These are all matmuls, which torch's FlopCounterMode counts too. Biases,
+    pass), per slot W_V, per decoder entry the decoder layers; ``attention``: per slot of an anchor
+    plane's LR voxel its query (a blend of 3 planes' [W_K^T q, q . b_K]), its 27 scores and its value sum;
+    without attention the blend of 3 planes' codes (Eq. 3). These are all matmuls, which torch's FlopCounterMode counts too. Biases,
     softmax and activations are ignored.
     """
     c = config

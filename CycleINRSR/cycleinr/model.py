@@ -48,10 +48,12 @@ def conv3(cin: int, cout: int) -> nn.Conv3d:
 ONEDNN_MIN_LEADING = 20480
 
 
-def _conv(layer: nn.Conv3d, x: torch.Tensor, slice_last: bool) -> torch.Tensor:
-    """``layer(x)``; with ``slice_last`` x is laid out (B, C, H, W, D) and the kernel is turned alike."""
+def aten_conv(layer: nn.Conv3d, x: torch.Tensor, relu: bool = False, slice_last: bool = False) -> torch.Tensor:
+    """``layer(x)`` (then ReLU); with ``slice_last`` x is laid out (B, C, H, W, D) and the kernel is turned
+    alike."""
     weight = layer.weight.permute(0, 1, 3, 4, 2) if slice_last else layer.weight
-    return nn.functional.conv3d(x, weight, layer.bias, padding=1)
+    out = nn.functional.conv3d(x, weight, layer.bias, padding=1)
+    return torch.relu_(out) if relu else out
 
 
 class ResidualBlock(nn.Module):
@@ -64,10 +66,12 @@ class ResidualBlock(nn.Module):
             layers += [conv3(features, features), nn.ReLU(inplace=True)]
         self.body = nn.Sequential(*layers)
 
-    def forward(self, x, slice_last: bool = False):
+    def forward(self, x, conv=aten_conv):
+        """``conv(layer, h, relu=True)`` runs each convolution with the ReLU that follows it in ``body``."""
         h = x
         for layer in self.body:
-            h = _conv(layer, h, slice_last) if isinstance(layer, nn.Conv3d) else layer(h)
+            if isinstance(layer, nn.Conv3d):
+                h = conv(layer, h, relu=True)
         return x + h
 
 
@@ -78,7 +82,10 @@ class Encoder(nn.Module):
     would run on the slow generic path: the fast preset encoded 8 x 101 x 118 LR voxels in 716 ms instead
     of 121 ms. Then the volume is convolved with the slice axis last and the kernels turned alike (the
     same arithmetic), and turned back. Training on a CPU convolves channels-last: the paper preset's
-    training step ran 0.237 -> 0.301 it/s. Inference on a CPU takes ``_forward_onednn``."""
+    training step ran 0.237 -> 0.301 it/s. Inference on a CPU calls oneDNN's convolution directly
+    (``onednn_conv``), channels-last with the ReLU fused: 1.65x faster than the default layout (fast
+    preset, 64 x 126 x 126 LR voxels: 1.40 -> 0.86 s); ATen's threshold does not apply, and the codes
+    come out in the (B, D, H, W, C) memory order decoding reads."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -89,34 +96,22 @@ class Encoder(nn.Module):
         self.features = cfg.features
 
     def forward(self, x):
-        if use_onednn(x):
-            return self._forward_onednn(x)
         batch, _, depth, height, width = x.shape
-        slice_last = (x.device.type == "cpu" and batch == 1      # ATen takes oneDNN for any batch > 1
+        onednn = use_onednn(x)
+        slice_last = (not onednn and x.device.type == "cpu" and batch == 1   # ATen takes oneDNN for batch > 1
                       and self.features * depth * height <= ONEDNN_MIN_LEADING < self.features * height * width)
+        conv = onednn_conv if onednn else functools.partial(aten_conv, slice_last=slice_last)
         if slice_last:
             x = x.permute(0, 1, 3, 4, 2)
-        elif self.training and x.device.type == "cpu":    # oneDNN's backward is faster channels-last
+        elif onednn or (self.training and x.device.type == "cpu"):  # oneDNN's backward is faster channels-last
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        x = _conv(self.head, x, slice_last)
+        x = conv(self.head, x)
+        if onednn:                                                   # a 1-channel input gives no layout
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         for block in self.blocks:
-            x = block(x, slice_last)
-        x = _conv(self.tail, x, slice_last)
+            x = block(x, conv)
+        x = conv(self.tail, x)
         return x.permute(0, 1, 4, 2, 3) if slice_last else x
-
-    def _forward_onednn(self, x):
-        """Inference on a CPU: oneDNN's convolution called directly, channels-last, ReLU fused. That layout
-        ran 1.65x faster than the default (fast preset, 64 x 126 x 126 LR voxels: 1.40 -> 0.86 s), ATen's
-        threshold does not apply, and the codes come out in the (B, D, H, W, C) memory order decoding reads."""
-        x = onednn_conv(self.head, x.contiguous(memory_format=torch.channels_last_3d))
-        x = x.contiguous(memory_format=torch.channels_last_3d)     # a 1-channel input gives no layout
-        for block in self.blocks:
-            h = x
-            for layer in block.body:
-                if isinstance(layer, nn.Conv3d):                   # each is followed by its ReLU
-                    h = onednn_conv(layer, h, relu=True)
-            x = h.add_(x)
-        return onednn_conv(self.tail, x)
 
 
 class LocalAttention(nn.Module):
@@ -145,42 +140,26 @@ class Decoder(nn.Module):
 
     def forward(self, local_z: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """The MLP applied to ``cat([local_z, 0, 0, code])`` (3 local-coordinate channels, of which only z
-        is non-zero for z-only queries) as 2D matmuls on ``[code, z]``: the zero channels are dropped,
-        each bias and the skip layer's second input are added inside a matmul (addmm), and z rides along
-        as one extra input channel instead of separate elementwise passes. ``local_z`` has the shape of
-        ``code`` without its last axis."""
+        is non-zero for z-only queries) as 2D products on ``[code, z]``: the zero channels are dropped,
+        each bias and the skip layer's second input are added inside a product, and z rides along as one
+        extra input channel instead of separate elementwise passes. CPU inference runs the products as
+        oneDNN inner products with bias, ReLU and the skip sum fused (``onednn_linear``: MKL's GEMM ran
+        these skinny N x 64 products at a quarter of the machine's peak); otherwise aten's addmm.
+        ``local_z`` has the shape of ``code`` without its last axis."""
         shape, channels = code.shape[:-1], code.shape[-1]
         inputs = torch.cat([code.reshape(-1, channels), local_z.reshape(-1, 1).to(code.dtype)], dim=1)
-        if use_onednn(inputs):
-            return self._forward_onednn(inputs).view(shape)
-        first = self.layers[0]
-        h = torch.addmm(first.bias, inputs, _code_then_z(first.weight, 0).t())
-        for n, layer in enumerate(self.layers[1:], start=1):
-            h = torch.relu_(h)
-            if n == self.skip_layer:
-                width = h.shape[-1]
-                skip = torch.addmm(layer.bias, inputs, _code_then_z(layer.weight, width).t())
-                h = torch.addmm(skip, h, layer.weight[:, :width].t())
-            else:
-                h = torch.addmm(layer.bias, h, layer.weight.t())
-        return h.view(shape)
-
-    def _forward_onednn(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The same MLP as oneDNN inner products with bias, ReLU and the skip sum fused into each one
-        (inference on a CPU): MKL's GEMM ran these skinny (N x 64) products at a quarter of the machine's
-        peak, and every bias copy and ReLU was one more pass over the activations."""
+        linear = onednn_linear if use_onednn(inputs) else aten_linear
         first, hidden = self.layers[0], len(self.layers) - 1
-        h = onednn_linear(inputs, _code_then_z(first.weight, 0), first.bias, relu=hidden > 0)
+        h = linear(inputs, _code_then_z(first.weight, 0), first.bias, relu=hidden > 0)
         for n, layer in enumerate(self.layers[1:], start=1):
             relu = n < hidden                                          # the last layer outputs intensity
             if n == self.skip_layer:
                 width = h.shape[-1]
-                skip = onednn_linear(inputs, _code_then_z(layer.weight, width), layer.bias)
-                h = onednn_linear(h, layer.weight[:, :width], None, add=skip)
-                h = h.relu_() if relu else h
+                skip = linear(inputs, _code_then_z(layer.weight, width), layer.bias)
+                h = linear(h, layer.weight[:, :width], None, relu=relu, add=skip)
             else:
-                h = onednn_linear(h, layer.weight, layer.bias, relu=relu)
-        return h
+                h = linear(h, layer.weight, layer.bias, relu=relu)
+        return h.view(shape)
 
 
 # Inference on a CPU calls oneDNN's fused primitives (``onednn_linear``, ``onednn_conv``) when this is on.
@@ -219,12 +198,23 @@ def _onednn_works() -> bool:
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool = False,
                   add: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ weight.T + bias`` (then ReLU, or ``+ add``) as one oneDNN inner product (inference only)."""
+    """``x @ weight.T + bias`` (or ``+ add``; then ReLU) as one oneDNN inner product (inference only; the
+    ReLU after a sum is a separate pass)."""
     op = torch.ops.mkldnn._linear_pointwise
     weight = weight.contiguous()
     if add is not None:
-        return op.binary(x, add, weight, bias, "add")
+        out = op.binary(x, add, weight, bias, "add")
+        return out.relu_() if relu else out
     return op(x, weight, bias, "relu" if relu else "none", [], "")
+
+
+def aten_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool = False,
+                add: torch.Tensor | None = None) -> torch.Tensor:
+    """``onednn_linear`` with aten's addmm (training, autocast, CUDA): the bias or ``add`` enters the
+    product."""
+    base = bias if add is None else (add if bias is None else add + bias)
+    h = torch.mm(x, weight.t()) if base is None else torch.addmm(base, x, weight.t())
+    return torch.relu_(h) if relu else h
 
 
 def onednn_conv(layer: nn.Conv3d, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
