@@ -290,3 +290,32 @@ def test_export_makes_weights_of_a_killed_runs_checkpoint(tmp_path, capsys):
     assert "not a CycleINR training checkpoint" in capsys.readouterr().err
     assert main(["export", str(checkpoint), str(checkpoint)]) == 2
     assert not (tmp_path / "again.safetensors").exists()
+
+
+def test_bfloat16_mixed_precision_trains_close_to_float32(tmp_path):
+    """precision=bfloat16 runs the network's passes under autocast: the losses move (the matrix products
+    did run in bf16) but stay within bf16's rounding of float32's, the gradient points the same way, and
+    the optimizer's weights stay float32; the setting is saved with the weights."""
+    from cycleinr.inference import autocast_for
+    batch = sample_batch(np.random.default_rng(4), VOLUMES, 2, 3, 12, scale_range=(2.0, 4.0))
+    model = make_model(seed=4).train()
+    grads = {}
+    for precision in ("float32", "bfloat16"):
+        model.zero_grad()
+        with autocast_for(torch.device("cpu"), precision):
+            parts = losses(model, batch, 1.0, "cpu", "l2")
+        parts["total"].backward()
+        grads[precision] = (parts["total"].detach(), torch.cat([p.grad.flatten() for p in model.parameters()]))
+    (loss32, g32), (loss16, g16) = grads["float32"], grads["bfloat16"]
+    assert loss16.dtype == torch.float32 and loss16 != loss32
+    assert abs(loss16 / loss32 - 1) < 0.01
+    assert torch.isfinite(g16).all() and torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.99
+    runs = {p: train(VOLUMES, settings(epochs=1, precision=p), tmp_path / f"{p}.safetensors", device="cpu")
+            for p in ("float32", "bfloat16")}
+    weights = {p: load_model(r["output"]).state_dict() for p, r in runs.items()}
+    assert all(w.dtype == torch.float32 for w in weights["bfloat16"].values())
+    assert not all(torch.equal(weights["float32"][k], weights["bfloat16"][k]) for k in weights["float32"])
+    saved = json.loads((tmp_path / "bfloat16.json").read_text())
+    assert saved["training"]["settings"]["precision"] == "bfloat16"
+    with pytest.raises(ValueError, match="precision"):
+        TrainSettings(precision="float16")

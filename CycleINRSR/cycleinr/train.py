@@ -30,11 +30,12 @@ import torch
 from .config import ModelConfig, preset
 from .data import Batch, Volume, sample_batch
 from .degrade import MODES, simulate_thick
-from .inference import Cancelled, _check_cancel, default_margin, select_device, upsample
+from .inference import Cancelled, _check_cancel, autocast_for, default_margin, select_device, upsample
 from .model import CycleINR
 from .weights import WeightsError, json_path, load_tensors, save_model, save_tensors
 
 CHECKPOINT_FORMAT = "cycleinr-checkpoint/1"
+TRAIN_PRECISIONS = ("float32", "bfloat16")
 NORMS = {"l1": lambda d: d.abs().mean(), "l2": lambda d: d.square().mean()}
 
 
@@ -64,6 +65,7 @@ class TrainSettings:
     validate_every: int = 10           # epochs
     validation_scales: tuple = (2.0, 3.0, 5.0)
     max_minutes: float | None = None   # stop (and save) at the first epoch end past this wall time
+    precision: str = "float32"         # "bfloat16": mixed precision (autocast) for the network's passes
 
     def __post_init__(self):
         if not 1 < self.scale_min <= self.scale_max:
@@ -78,6 +80,8 @@ class TrainSettings:
             raise ValueError("patches need at least 2 thick slices and 4x4 pixels")
         if self.degradation not in MODES:
             raise ValueError(f"degradation must be one of {MODES}, got {self.degradation!r}")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ValueError(f"precision must be one of {TRAIN_PRECISIONS}, got {self.precision!r}")
         if self.loss_margin < -1 or self.patch - 2 * self.loss_margin < 2:
             raise ValueError(f"loss margin {self.loss_margin} must be -1 (auto) or >= 0 and leave a core of at "
                              f"least 2x2 pixels in the {self.patch}x{self.patch} patch")
@@ -325,7 +329,8 @@ def train(volumes: list[Volume], settings: TrainSettings, output: str | Path, va
                 batch = sample_batch(parallel.batch_rng(rng), volumes, settings.batch_size, settings.lr_slices, settings.patch,
                                      (settings.scale_min, settings.scale_max), settings.degradation,
                                      settings.augment, settings.noise_hu, *norm)
-                parts = step(batch, dev)
+                with autocast_for(dev, settings.precision):
+                    parts = step(batch, dev)
                 opt.zero_grad(set_to_none=True)
                 parts["total"].backward()
                 opt.step()

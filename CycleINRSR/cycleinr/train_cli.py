@@ -46,7 +46,7 @@ from .config import PRESETS, preset
 from .data import VOLUME_SUFFIXES, Volume, load_volumes
 from .degrade import MODES
 from .inference import Cancelled, select_device
-from .train import Parallel, TrainSettings, train
+from .train import TRAIN_PRECISIONS, Parallel, TrainSettings, train
 
 NAME = "CycleINRTrain"
 CATEGORY = "Filtering"
@@ -190,6 +190,10 @@ PARAMETERS: tuple[Param, ...] = (
     Param("device", "string-enumeration", "Device",
           "auto: CUDA when available, else CPU. Under torchrun each process uses GPU LOCAL_RANK.", "run",
           default="auto", choices=("auto", "cpu", "cuda")),
+    _setting("precision", "string-enumeration", "Precision",
+             "float32, or bfloat16 mixed precision (autocast: weights, optimizer and loss stay float32). "
+             "bfloat16 is 1.8-2.5x faster on CPUs with bf16 matrix units (Intel AMX) and on CUDA GPUs, and slower "
+             "on CPUs without them.", "run", choices=TRAIN_PRECISIONS),
     _setting("seed", "integer", "Random seed", "Seed of the network initialisation and of the training pairs; "
              "the same seed and settings give the same weights.", "run"),
     Param("resume", "file", "Resume from checkpoint",

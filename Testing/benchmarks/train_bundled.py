@@ -55,6 +55,11 @@ def main():
     ap.add_argument("--blend-band", type=float, help="decoding blend band to train with (model override)")
     ap.add_argument("--halve-every", type=int, help="epochs per learning-rate halving (overrides the recipe; "
                     "the schedule counts from epoch 1, also on resume)")
+    ap.add_argument("--batch", type=int, help="batch size (overrides the recipe)")
+    ap.add_argument("--patch", type=int, help="in-plane patch size (overrides the recipe)")
+    ap.add_argument("--iterations", type=int, help="iterations per epoch (overrides the recipe)")
+    ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                    help="bfloat16: mixed precision (2.5x faster on this CPU's AMX units for the paper preset)")
     ap.add_argument("--ablation", choices=ABLATIONS, help="train an ablation variant of the recipe")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)     # kill = interrupt: checkpoint first
@@ -70,9 +75,13 @@ def main():
         recipe["halve_every"] = args.halve_every
     if args.lr:
         recipe["learning_rate"] = args.lr
+    for option, key in (("batch", "batch_size"), ("patch", "patch"), ("iterations", "iterations_per_epoch")):
+        if getattr(args, option):
+            recipe[key] = getattr(args, option)
     if args.blend_band:
         recipe["model_overrides"] = {**recipe.get("model_overrides", {}), "blend_band": args.blend_band}
-    settings = TrainSettings(**recipe, epochs=args.epochs, checkpoint_every=5, max_minutes=args.minutes)
+    settings = TrainSettings(**recipe, epochs=args.epochs, checkpoint_every=5, max_minutes=args.minutes,
+                             precision=args.precision)
     info = {"data": "head CT slices 0-75 (axes z, y, x) + chest CT 5 mm (axes y, x)", "recipe": args.recipe, "ablation": args.ablation,
             "hardware": f"CPU, {torch.get_num_threads()} threads"}
     if args.init:

@@ -27,7 +27,7 @@ def main():
     ap.add_argument("--slices", type=int, default=6)
     ap.add_argument("--scale", type=float, default=4.0, help="fixed scale, so every step does the same work")
     ap.add_argument("--iterations", type=int, default=10)
-    ap.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
+    ap.add_argument("--amp", action="store_true", help="bfloat16 mixed precision (autocast), as train's precision=bfloat16")
     args = ap.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
@@ -37,7 +37,7 @@ def main():
     volumes = [Volume(vol.astype(np.float32), "synthetic", (0,))]
     model = CycleINR(preset(args.preset)).to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.amp and dev.type == "cuda")
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.amp)    # as train(precision=bfloat16)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
