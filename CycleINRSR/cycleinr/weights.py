@@ -48,11 +48,11 @@ def models_dir() -> Path:
     return next((d for d in dirs if d.is_dir()), dirs[-1])
 
 
-# The bundled model that ``--model auto`` uses on each kind of device. 'fast' on both for now: on held-out
-# CT it beats the paper-size model at every scale (head slab +1.6/+1.8/+1.4 dB over linear at x2/x3/x5
-# against +0.8/+0.3/+0.8; chest in-plane check 29.27/27.66 dB against 28.91/27.19 at x3/x5; model card),
-# because only CPU-hours trained either. The paper-size model becomes the CUDA choice once GPU training
-# (issue 12) makes it the better one; on a CPU it takes minutes per volume instead of about a minute.
+# The bundled model that ``--model auto`` uses on each kind of device. 'fast' on both for now: on the held-out
+# head slab the paper-size model (after its bf16 fine-tuning) is better at x2 (+2.1 against +1.6 dB over
+# linear), on a par at x3 (+1.8) and worse at x5 (+0.8 against +1.4; model card), so neither wins everywhere,
+# and 'fast' takes about a minute per CT on a CPU instead of ten. The paper-size model becomes the CUDA choice
+# once GPU training (issue 12) makes it the better one at every scale.
 AUTO_MODEL = {"cuda": "fast", "cpu": "fast"}
 
 
