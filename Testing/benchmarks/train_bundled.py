@@ -22,7 +22,7 @@ import sys
 import torch
 
 from cycleinr.data import load_volumes
-from cycleinr.train import TrainSettings, train
+from cycleinr.train import TRAIN_PRECISIONS, TrainSettings, train
 
 RECIPES = {
     "paper": dict(preset="paper", patch=24, batch_size=2, lr_slices=6, learning_rate=3e-4,
@@ -58,7 +58,7 @@ def main():
     ap.add_argument("--batch", type=int, help="batch size (overrides the recipe)")
     ap.add_argument("--patch", type=int, help="in-plane patch size (overrides the recipe)")
     ap.add_argument("--iterations", type=int, help="iterations per epoch (overrides the recipe)")
-    ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+    ap.add_argument("--precision", default="float32", choices=TRAIN_PRECISIONS,
                     help="bfloat16: mixed precision (2.5x faster on this CPU's AMX units for the paper preset)")
     ap.add_argument("--ablation", choices=ABLATIONS, help="train an ablation variant of the recipe")
     args = ap.parse_args()
@@ -71,13 +71,9 @@ def main():
     recipe = dict(RECIPES[args.recipe])
     if args.ablation:
         recipe["model_overrides"], recipe["cycle_weight"] = ABLATIONS[args.ablation]
-    if args.halve_every:
-        recipe["halve_every"] = args.halve_every
-    if args.lr:
-        recipe["learning_rate"] = args.lr
-    for option, key in (("batch", "batch_size"), ("patch", "patch"), ("iterations", "iterations_per_epoch")):
-        if getattr(args, option):
-            recipe[key] = getattr(args, option)
+    overrides = {"halve_every": "halve_every", "lr": "learning_rate", "batch": "batch_size", "patch": "patch",
+                 "iterations": "iterations_per_epoch"}                  # option -> recipe key
+    recipe.update({key: getattr(args, option) for option, key in overrides.items() if getattr(args, option)})
     if args.blend_band:
         recipe["model_overrides"] = {**recipe.get("model_overrides", {}), "blend_band": args.blend_band}
     settings = TrainSettings(**recipe, epochs=args.epochs, checkpoint_every=5, max_minutes=args.minutes,

@@ -37,7 +37,8 @@ def main():
     volumes = [Volume(vol.astype(np.float32), "synthetic", (0,))]
     model = CycleINR(preset(args.preset)).to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.amp)    # as train(precision=bfloat16)
+    # as train(precision="bfloat16") does through inference.autocast_for, which older checkouts lack
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.amp)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
