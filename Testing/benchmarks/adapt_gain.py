@@ -14,20 +14,33 @@ the thin volume before thick slices are simulated, so truth and input carry the 
 
     python Testing/benchmarks/adapt_gain.py runs/data/head_test_crop.nrrd --extra-noise 40 --budgets 60 120
 
+``--oracle`` adds, per budget, an upper bound: the same recipe (``cycleinr.adapt``'s trained parameters,
+rate, schedule, step cap, batch, patch) fitted to the thin *truth* along K itself, i.e. the very task and
+slices it is then scored on. No self-supervised adaptation can learn more from the scan in that time.
+
+``--internal S`` adds another: the same recipe fitted to the *thick input* along K as its own truth at
+scale S (its slices S times further apart as input): the inference geometry, at a coarser physical scale.
+
 ``--transpose`` evaluates a thick-slice scan on its in-plane check instead: the array's y axis becomes
 the slice axis (thin truth at the in-plane pixel spacing), so the adaptation can only use x.
 """
 
 import argparse
+import copy
+import math
+import time
 
 import numpy as np
 import torch
 from noise_dips import dip_ratio
 from scipy import ndimage
 
+from cycleinr import adapt
+from cycleinr.data import Volume, sample_batch
 from cycleinr.degrade import simulate_thick
 from cycleinr.inference import upsample
 from cycleinr.metrics import psnr, snli
+from cycleinr.train import losses
 from cycleinr.volume_io import read_volume
 from cycleinr.weights import load_model
 
@@ -46,6 +59,32 @@ def shifted(hr, spacing_zyx, blur_mm: float, noise_hu: float, seed: int) -> np.n
     return hr.astype(np.float32)
 
 
+def fit_along_k(model, thin, scale, seconds, degradation, device, seed) -> tuple:
+    """``adapt``'s recipe trained along K on ``thin`` at ``scale``: the thin truth itself (the oracle), or
+    the thick input as its own truth at a coarser scale (``--internal``)."""
+    net = copy.deepcopy(model).to(device)
+    for name, p in net.named_parameters():
+        p.requires_grad_(name.startswith(adapt.TRAINED))
+    cfg, batch = net.config, adapt.BATCH.get(torch.device(device).type, adapt.BATCH["cuda"])
+    lr_slices = next(k for k in adapt.LR_SLICES if adapt._need(k, scale) <= len(thin))
+    draw = dict(batch_size=batch, lr_slices=lr_slices, patch=adapt.PATCH, scale_range=(scale, scale),
+                mode=degradation, noise_hu=0.0, offset=cfg.intensity_offset, scale_hu=cfg.intensity_scale)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=adapt.LEARNING_RATE)
+    rng, steps, start = np.random.default_rng(seed), 0, time.perf_counter()
+    net.train()
+    while steps < adapt.STEPS and time.perf_counter() - start < seconds:
+        done = max((time.perf_counter() - start) / seconds, steps / adapt.STEPS)
+        for group in opt.param_groups:
+            group["lr"] = adapt.LEARNING_RATE * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+        loss = losses(net, sample_batch(rng, [Volume(thin, "along K")], augment=True, **draw), 0.0, device,
+                      adapt._training_loss(model))["total"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps += 1
+    return net.eval(), steps, time.perf_counter() - start
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("volume", help="thin-slice volume (ground truth)")
@@ -59,6 +98,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--extra-noise", type=float, default=0.0, help="isotropic white noise sigma added (HU)")
     ap.add_argument("--blur", type=float, default=0.0, help="isotropic Gaussian blur sigma applied (mm)")
+    ap.add_argument("--oracle", action="store_true", help="also fit the thin truth itself (an upper bound)")
+    ap.add_argument("--internal", type=float, default=0.0,
+                    help="also fit the thick input along K as its own truth at this scale (e.g. 2)")
     ap.add_argument("--noise", default="none", choices=["none", "match"],
                     help="upsample's noise option (default none: the network's own output, whose dip ratio "
                          "adaptation may change; match restores the noise level either way)")
@@ -89,6 +131,14 @@ def main():
             p, d = score(hr, result.array, s)
             print(f"x{s:g} | {budget:g} | {rep['iterations']} | {rep['seconds']:.1f} | {rep['loss_before']:.3e} -> "
                   f"{rep['loss_after']:.3e} ({rep['kept'].split()[0]}) | {p:.2f} | {p - p0:+.2f} | {d:.3f}", flush=True)
+            variants = [("oracle", hr, s, "fits the thin truth")] if args.oracle else []
+            if args.internal:
+                variants.append(("internal", lr, args.internal, f"fits the thick input at x{args.internal:g}"))
+            for name, thin, scale, what in variants:
+                net, steps, used = fit_along_k(base, thin, scale, budget, args.degradation, args.device, args.seed)
+                p, d = score(hr, upsample(lr, spacing, **{**run, "model": net}).array, s)
+                print(f"x{s:g} | {budget:g} {name} | {steps} | {used:.1f} | ({what}) | {p:.2f} | "
+                      f"{p - p0:+.2f} | {d:.3f}", flush=True)
 
 
 if __name__ == "__main__":
