@@ -16,7 +16,8 @@ the thin volume before thick slices are simulated, so truth and input carry the 
 
 ``--oracle`` adds, per budget, an upper bound: the same recipe (``cycleinr.adapt``'s trained parameters,
 rate, schedule, step cap, batch, patch) fitted to the thin *truth* along K itself, i.e. the very task and
-slices it is then scored on. No self-supervised adaptation can learn more from the scan in that time.
+slices it is then scored on: what this recipe can learn in that time from the best pairs there are (a
+bound for the recipe, not for every training method).
 
 ``--internal S`` adds another: the same recipe fitted to the *thick input* along K as its own truth at
 scale S (its slices S times further apart as input): the inference geometry, at a coarser physical scale.

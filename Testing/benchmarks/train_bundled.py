@@ -74,7 +74,7 @@ def main():
     if args.ablation:
         recipe["model_overrides"], recipe["cycle_weight"] = ABLATIONS[args.ablation]
     overrides = {"halve_every": "halve_every", "lr": "learning_rate", "batch": "batch_size", "patch": "patch",
-                 "iterations": "iterations_per_epoch", "lr_slices": "lr_slices"}                  # option -> recipe key
+                 "iterations": "iterations_per_epoch", "lr_slices": "lr_slices"}    # option -> recipe key
     recipe.update({key: getattr(args, option) for option, key in overrides.items() if getattr(args, option)})
     if args.blend_band:
         recipe["model_overrides"] = {**recipe.get("model_overrides", {}), "blend_band": args.blend_band}
