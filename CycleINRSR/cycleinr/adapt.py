@@ -189,6 +189,19 @@ def anchor_volume(net: CycleINR, volume: np.ndarray, spacing_xyz, plan: dict, de
     return [Volume(out, "the unadapted model's output")] if len(out) >= _need(plan["lr_slices"], plan["scale"]) else []
 
 
+def trainable(net: CycleINR) -> list[torch.nn.Parameter]:
+    """Let only the ``TRAINED`` parameters learn (the encoder stays as it was); returns them."""
+    for name, p in net.named_parameters():
+        p.requires_grad_(name.startswith(TRAINED))
+    return [p for p in net.parameters() if p.requires_grad]
+
+
+def annealed(learning_rate: float, done: float) -> float:
+    """The rate at fraction ``done`` of the run: cosine to zero at the end (a constant rate drifted off
+    after ~100 steps)."""
+    return learning_rate * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+
+
 def adapt_model(model: CycleINR, volume: np.ndarray, spacing_xyz, seconds: float, *, target_spacing: float,
                 degradation: str = "interval", seed: int = 0, device="auto",
                 progress: Callable[[float, float], None] | None = None, cancel=None,
@@ -226,8 +239,7 @@ def adapt_model(model: CycleINR, volume: np.ndarray, spacing_xyz, seconds: float
 
     net = copy.deepcopy(model).to(dev).eval()
     train_volumes = plan["train"] + anchor_volume(net, volume, spacing_xyz, plan, dev, cancel)
-    for name, p in net.named_parameters():
-        p.requires_grad_(name.startswith(TRAINED))
+    trained = trainable(net)
 
     def fixed_loss() -> dict:
         net.eval()
@@ -239,7 +251,7 @@ def adapt_model(model: CycleINR, volume: np.ndarray, spacing_xyz, seconds: float
     before = fixed_loss()
     eval_seconds = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=learning_rate)
+    opt = torch.optim.Adam(trained, lr=learning_rate)
     net.train()
     iterations, step_seconds, stopped, train_losses = 0, 0.0, "budget", []
     train_seconds = max(seconds - (time.perf_counter() - start) - eval_seconds, 1e-3)
@@ -248,8 +260,8 @@ def adapt_model(model: CycleINR, volume: np.ndarray, spacing_xyz, seconds: float
         _check_cancel(cancel, "adaptation")
         t0 = time.perf_counter()
         done = max((t0 - train_start) / train_seconds, iterations / max_iterations)
-        for group in opt.param_groups:   # cosine to zero at the end: a constant rate drifted off after ~100 steps
-            group["lr"] = learning_rate * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+        for group in opt.param_groups:
+            group["lr"] = annealed(learning_rate, done)
         batch = sample_batch(rng, train_volumes, augment=True, **draw)
         loss = losses(net, batch, cycle_weight, dev, norm)["total"]
         opt.zero_grad(set_to_none=True)

@@ -28,7 +28,6 @@ the slice axis (thin truth at the in-plane pixel spacing), so the adaptation can
 
 import argparse
 import copy
-import math
 import time
 
 import numpy as np
@@ -64,21 +63,19 @@ def fit_along_k(model, thin, scale, seconds, degradation, device, seed) -> tuple
     """``adapt``'s recipe trained along K on ``thin`` at ``scale``: the thin truth itself (the oracle), or
     the thick input as its own truth at a coarser scale (``--internal``)."""
     net = copy.deepcopy(model).to(device)
-    for name, p in net.named_parameters():
-        p.requires_grad_(name.startswith(adapt.TRAINED))
+    opt = torch.optim.Adam(adapt.trainable(net), lr=adapt.LEARNING_RATE)
     cfg, batch = net.config, adapt.BATCH.get(torch.device(device).type, adapt.BATCH["cuda"])
     lr_slices = next(k for k in adapt.LR_SLICES if adapt._need(k, scale) <= len(thin))
     draw = dict(batch_size=batch, lr_slices=lr_slices, patch=adapt.PATCH, scale_range=(scale, scale),
                 mode=degradation, noise_hu=0.0, offset=cfg.intensity_offset, scale_hu=cfg.intensity_scale)
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=adapt.LEARNING_RATE)
+    volumes, norm = [Volume(thin, "along K")], adapt._training_loss(model)
     rng, steps, start = np.random.default_rng(seed), 0, time.perf_counter()
     net.train()
     while steps < adapt.STEPS and time.perf_counter() - start < seconds:
         done = max((time.perf_counter() - start) / seconds, steps / adapt.STEPS)
         for group in opt.param_groups:
-            group["lr"] = adapt.LEARNING_RATE * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
-        loss = losses(net, sample_batch(rng, [Volume(thin, "along K")], augment=True, **draw), 0.0, device,
-                      adapt._training_loss(model))["total"]
+            group["lr"] = adapt.annealed(adapt.LEARNING_RATE, done)
+        loss = losses(net, sample_batch(rng, volumes, augment=True, **draw), 0.0, device, norm)["total"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
