@@ -17,7 +17,9 @@ the thin volume before thick slices are simulated, so truth and input carry the 
 ``--oracle`` adds, per budget, an upper bound: the same recipe (``cycleinr.adapt``'s trained parameters,
 rate, schedule, step cap, batch, patch) fitted to the thin *truth* along K itself, i.e. the very task and
 slices it is then scored on: what this recipe can learn in that time from the best pairs there are (a
-bound for the recipe, not for every training method).
+bound for the recipe, not for every training method). ``--oracle-whole RATE [RATE ...]`` adds another
+recipe's bound: the whole network (encoder too) fitted to the truth at each rate, with no step cap.
+``--no-adapt`` leaves out the product's own adaptation when only these bounds are wanted.
 
 ``--internal S`` adds another: the same recipe fitted to the *thick input* along K as its own truth at
 scale S (its slices S times further apart as input): the inference geometry, at a coarser physical scale.
@@ -59,11 +61,13 @@ def shifted(hr, spacing_zyx, blur_mm: float, noise_hu: float, seed: int) -> np.n
     return hr.astype(np.float32)
 
 
-def fit_along_k(model, thin, scale, seconds, degradation, device, seed) -> tuple:
+def fit_along_k(model, thin, scale, seconds, degradation, device, seed, whole_rate=0.0) -> tuple:
     """``adapt``'s recipe trained along K on ``thin`` at ``scale``: the thin truth itself (the oracle), or
-    the thick input as its own truth at a coarser scale (``--internal``)."""
+    the thick input as its own truth at a coarser scale (``--internal``). ``whole_rate`` > 0: another
+    recipe, the whole network (encoder too) at that rate with no step cap."""
     net = copy.deepcopy(model).to(device)
-    opt = torch.optim.Adam(adapt.trainable(net), lr=adapt.LEARNING_RATE)
+    rate, cap = (whole_rate, float("inf")) if whole_rate else (adapt.LEARNING_RATE, adapt.STEPS)
+    opt = torch.optim.Adam(net.parameters() if whole_rate else adapt.trainable(net), lr=rate)
     cfg, batch = net.config, adapt.BATCH.get(torch.device(device).type, adapt.BATCH["cuda"])
     lr_slices = next(k for k in adapt.LR_SLICES if adapt._need(k, scale) <= len(thin))
     draw = dict(batch_size=batch, lr_slices=lr_slices, patch=adapt.PATCH, scale_range=(scale, scale),
@@ -71,10 +75,10 @@ def fit_along_k(model, thin, scale, seconds, degradation, device, seed) -> tuple
     volumes, norm = [Volume(thin, "along K")], adapt._training_loss(model)
     rng, steps, start = np.random.default_rng(seed), 0, time.perf_counter()
     net.train()
-    while steps < adapt.STEPS and time.perf_counter() - start < seconds:
-        done = max((time.perf_counter() - start) / seconds, steps / adapt.STEPS)
+    while steps < cap and time.perf_counter() - start < seconds:
+        done = max((time.perf_counter() - start) / seconds, steps / cap)
         for group in opt.param_groups:
-            group["lr"] = adapt.annealed(adapt.LEARNING_RATE, done)
+            group["lr"] = adapt.annealed(rate, done)
         loss = losses(net, sample_batch(rng, volumes, augment=True, **draw), 0.0, device, norm)["total"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -97,6 +101,9 @@ def main():
     ap.add_argument("--extra-noise", type=float, default=0.0, help="isotropic white noise sigma added (HU)")
     ap.add_argument("--blur", type=float, default=0.0, help="isotropic Gaussian blur sigma applied (mm)")
     ap.add_argument("--oracle", action="store_true", help="also fit the thin truth itself (an upper bound)")
+    ap.add_argument("--oracle-whole", type=float, nargs="+", default=[], metavar="RATE",
+                    help="also fit the thin truth with the whole network at each RATE, no step cap")
+    ap.add_argument("--no-adapt", action="store_true", help="skip the product's adaptation (variants only)")
     ap.add_argument("--internal", type=float, default=0.0,
                     help="also fit the thick input along K as its own truth at this scale (e.g. 2)")
     ap.add_argument("--noise", default="none", choices=["none", "match"],
@@ -124,16 +131,19 @@ def main():
         hr_dip = dip_ratio(snli(hr[:int(np.floor((len(lr) - 1) * s + 1e-6)) + 1]).sigmas, s)
         print(f"x{s:g} | 0 | - | - | - | {p0:.2f} | - | {d0:.3f}  (HR's own dip ratio {hr_dip:.3f})", flush=True)
         for budget in args.budgets:
-            result = upsample(lr, spacing, **run, adapt=budget, degradation=args.degradation)
-            rep = result.adaptation
-            p, d = score(hr, result.array, s)
-            print(f"x{s:g} | {budget:g} | {rep['iterations']} | {rep['seconds']:.1f} | {rep['loss_before']:.3e} -> "
-                  f"{rep['loss_after']:.3e} ({rep['kept'].split()[0]}) | {p:.2f} | {p - p0:+.2f} | {d:.3f}", flush=True)
-            variants = [("oracle", hr, s, "fits the thin truth")] if args.oracle else []
+            if not args.no_adapt:
+                result = upsample(lr, spacing, **run, adapt=budget, degradation=args.degradation)
+                rep = result.adaptation
+                p, d = score(hr, result.array, s)
+                print(f"x{s:g} | {budget:g} | {rep['iterations']} | {rep['seconds']:.1f} | {rep['loss_before']:.3e} -> "
+                      f"{rep['loss_after']:.3e} ({rep['kept'].split()[0]}) | {p:.2f} | {p - p0:+.2f} | {d:.3f}", flush=True)
+            variants = [("oracle", hr, s, "fits the thin truth", 0.0)] if args.oracle else []
+            variants += [(f"oracle whole {r:g}", hr, s, f"whole network at {r:g}", r) for r in args.oracle_whole]
             if args.internal:
-                variants.append(("internal", lr, args.internal, f"fits the thick input at x{args.internal:g}"))
-            for name, thin, scale, what in variants:
-                net, steps, used = fit_along_k(base, thin, scale, budget, args.degradation, args.device, args.seed)
+                variants.append(("internal", lr, args.internal, f"fits the thick input at x{args.internal:g}", 0.0))
+            for name, thin, scale, what, whole_rate in variants:
+                net, steps, used = fit_along_k(base, thin, scale, budget, args.degradation, args.device, args.seed,
+                                               whole_rate)
                 p, d = score(hr, upsample(lr, spacing, **{**run, "model": net}).array, s)
                 print(f"x{s:g} | {budget:g} {name} | {steps} | {used:.1f} | ({what}) | {p:.2f} | "
                       f"{p - p0:+.2f} | {d:.3f}", flush=True)

@@ -7,8 +7,10 @@ On a thick CT's in-plane check (its y axis as the slice axis, thin truth at the 
 On a real thick CT (no ground truth; dip ratio and SNLI of the output vs the input's SNLI):
     python Testing/benchmarks/noise_match.py Resources/SampleData/CycleINRSampleChestCT5mm.nrrd --thick --scales 2 3 5
 
-Linear interpolation is the first row of each scale; ``--models`` takes names or weights files (e.g. an
-older model kept under runs/ for a before/after table). PSNR is over the generated slices only.
+With truth, each scale starts with the SNLI that ideal noise-level matching would give (HR's own sigma at
+the acquired slices, linear in between). Linear interpolation is the next row; ``--models`` takes names or
+weights files (e.g. an older model kept under runs/ for a before/after table). PSNR is over the generated
+slices only.
 """
 
 import argparse
@@ -32,6 +34,15 @@ def outputs(lr, spacing, scale, models):
             yield model, noise, upsample(lr, spacing, factor=scale, model=model, device="cpu", noise=noise).array
 
 
+def level_matched_snli(hr: np.ndarray, scale: float) -> float:
+    """SNLI that ideal level matching would give: HR's own noise sigma at the acquired slices, linear in
+    between (what ``noise="match"`` aims at; a generated slice's own scatter about that level is not
+    predictable). Printed as a row, so a scale's SNLI target can be read against it."""
+    sigmas = snli(hr).sigmas
+    acquired = np.flatnonzero(~new_slice_mask(len(hr), scale))
+    return float(np.std(np.interp(np.arange(len(hr)), acquired, sigmas[acquired])))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("volume")
@@ -53,6 +64,10 @@ def main():
         else:
             lr, _ = simulate_thick(volume, s)
             spacing, ref = (1.0, 1.0, float(s)), volume
+        if ref is not None:
+            count = int(np.floor((len(lr) - 1) * s + 1e-6)) + 1
+            print(f"x{s:g} | HR level at acquired slices | - | - | {level_matched_snli(ref[:count], s):.3f} | "
+                  f"{snli(ref[:count]).value:.3f} | -")
         for name, noise, out in outputs(lr, spacing, s, args.models):
             new = new_slice_mask(len(out), s)
             result = snli(out)
