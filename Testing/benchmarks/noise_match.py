@@ -34,13 +34,13 @@ def outputs(lr, spacing, scale, models):
             yield model, noise, upsample(lr, spacing, factor=scale, model=model, device="cpu", noise=noise).array
 
 
-def level_matched_snli(hr: np.ndarray, scale: float) -> float:
-    """SNLI that ideal level matching would give: HR's own noise sigma at the acquired slices, linear in
+def level_matched_snli(hr_sigmas: np.ndarray, scale: float) -> float:
+    """SNLI that ideal level matching would give: HR's own noise sigmas at the acquired slices, linear in
     between (what ``noise="match"`` aims at; a generated slice's own scatter about that level is not
     predictable). Printed as a row, so a scale's SNLI target can be read against it."""
-    sigmas = snli(hr).sigmas
-    acquired = np.flatnonzero(~new_slice_mask(len(hr), scale))
-    return float(np.std(np.interp(np.arange(len(hr)), acquired, sigmas[acquired])))
+    sigmas = np.asarray(hr_sigmas)
+    acquired = np.flatnonzero(~new_slice_mask(len(sigmas), scale))
+    return float(np.std(np.interp(np.arange(len(sigmas)), acquired, sigmas[acquired])))
 
 
 def main():
@@ -64,17 +64,18 @@ def main():
         else:
             lr, _ = simulate_thick(volume, s)
             spacing, ref = (1.0, 1.0, float(s)), volume
+        count = int(np.floor((len(lr) - 1) * s + 1e-6)) + 1      # output slices: first to last input slice
+        reference = snli(lr if ref is None else ref[:count])        # the input's, or HR's over the output grid
         if ref is not None:
-            count = int(np.floor((len(lr) - 1) * s + 1e-6)) + 1
-            print(f"x{s:g} | HR level at acquired slices | - | - | {level_matched_snli(ref[:count], s):.3f} | "
-                  f"{snli(ref[:count]).value:.3f} | -")
+            print(f"x{s:g} | HR level at acquired slices | - | - | {level_matched_snli(reference.sigmas, s):.3f} | "
+                  f"{reference.value:.3f} | -")
         for name, noise, out in outputs(lr, spacing, s, args.models):
             new = new_slice_mask(len(out), s)
             result = snli(out)
             ratio = result.sigmas[new].mean() / result.sigmas[~new].mean()
-            reference = snli(lr).value if ref is None else snli(ref[:len(out)]).value
             score = "-" if ref is None else f"{psnr(ref[:len(out)][new], out[new]):.2f}"
-            print(f"x{s:g} | {name} | {noise} | {ratio:.3f} | {result.value:.3f} | {reference:.3f} | {score}", flush=True)
+            print(f"x{s:g} | {name} | {noise} | {ratio:.3f} | {result.value:.3f} | {reference.value:.3f} | {score}",
+                  flush=True)
 
 
 if __name__ == "__main__":
