@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from cycleinr import Cancelled, inference, upsample
-from cycleinr.geometry import Geometry, output_slice_count, output_slice_positions, resolve_target_spacing
+from cycleinr.geometry import (
+    Geometry,
+    output_slice_count,
+    output_slice_positions,
+    resolve_target_spacing,
+    slices_at_scale,
+    thin_slices_touched,
+)
 from cycleinr.volume_io import VolumeError
 
 from conftest import make_model, phantom
@@ -22,6 +29,14 @@ def test_output_slice_count(n, spacing, target, expected):
     assert pos[0] == 0 and pos[-1] <= n - 1 + 1e-12
     assert np.allclose(np.diff(pos) * spacing, target)
     assert (n - 1) - pos[-1] < target / spacing                     # nothing more fits before the end
+
+
+@pytest.mark.parametrize("n, scale, spanned, touched", [
+    (4, 3.0, 10, 10), (4, 2.5, 8, 9),                 # a decimal scale: the last thick slice needs thin slice 8
+    (26, 2.2, 56, 56), (31, 4.1, 124, 124)])          # 25 x 2.2 rounds above 55, 30 x 4.1 below 123
+def test_thin_slice_counts_at_a_scale(n, scale, spanned, touched):
+    assert slices_at_scale(n, scale) == spanned
+    assert thin_slices_touched(n, scale) == touched
 
 
 @pytest.mark.parametrize("spacing, kwargs", [((0.8, 0.8, 5.0), {"target_spacing": 1.0}),

@@ -443,7 +443,7 @@ def test_progress_bar_on_a_terminal():
 
 def test_volume_check_matches_what_sampling_needs():
     settings = TrainSettings(lr_slices=4, patch=12, scale_min=3.0, scale_max=3.0)
-    need = train_cli._span(4, 3.0)
+    need = 10                           # 4 thick slices 3 thin apart: thin slices 0..9
     fits = Volume(np.zeros((need, 12, 12), np.float32), "fits")
     train_cli.check_training_volumes([fits], settings)
     rng = np.random.default_rng(0)

@@ -61,6 +61,7 @@ import torch
 
 from .data import Volume, sample_batch
 from .degrade import MODES, degradation_matrix
+from .geometry import output_slice_count, thin_slices_touched
 from .inference import Cancelled, _check_cancel, select_device, upsample
 from .model import CycleINR
 from .train import NORMS, losses
@@ -112,18 +113,13 @@ def resample_axis(volume: np.ndarray, axis: int, spacing: float, thin: float) ->
     ratio = thin / spacing
     if ratio <= 1 + 1e-6:
         return np.ascontiguousarray(arr)
-    positions = np.arange(int(math.floor((arr.shape[0] - 1) / ratio + 1e-6)) + 1) * ratio
+    positions = np.arange(output_slice_count(arr.shape[0], spacing, thin)) * ratio
     weights = degradation_matrix(arr.shape[0], positions, ratio, PROFILE)
     out = np.empty((len(positions),) + arr.shape[1:], dtype=np.float32)
     for row, w in enumerate(weights):                       # a few taps per row: no dense product
         taps = np.nonzero(w)[0]
         out[row] = np.tensordot(w[taps].astype(np.float32), arr[taps], axes=(0, 0))
     return out
-
-
-def _need(lr_slices: int, scale: float) -> int:
-    """Thin samples that ``lr_slices`` thick slices at ``scale`` span (as ``data.sample_batch`` needs)."""
-    return int(math.ceil((lr_slices - 1) * scale - 1e-6)) + 1
 
 
 def prepare(volume: np.ndarray, spacing_xyz, target_spacing: float) -> dict:
@@ -143,12 +139,12 @@ def prepare(volume: np.ndarray, spacing_xyz, target_spacing: float) -> dict:
     if n < MIN_PATCH:
         raise ValueError(f"the volume has {n} slices; adapting needs at least {MIN_PATCH} (upsample without --adapt)")
     for lr_slices in LR_SLICES:
-        need = _need(lr_slices, scale)
+        need = thin_slices_touched(lr_slices, scale)
         train, axes, patch = [], [], {}
         for a in usable:
             other = 3 - a
             width = volume.shape[other]
-            length = int(math.floor((volume.shape[a] - 1) * axis_spacing[a] / thin + 1e-6)) + 1
+            length = output_slice_count(volume.shape[a], axis_spacing[a], thin)
             if width < MIN_PATCH or length < need:
                 continue
             train.append(Volume(resample_axis(volume, a, axis_spacing[a], thin), f"{AXIS_NAMES[a]} profiles"))
@@ -158,7 +154,7 @@ def prepare(volume: np.ndarray, spacing_xyz, target_spacing: float) -> dict:
             break
     else:
         raise ValueError(f"the volume ({volume.shape[1]} x {volume.shape[2]} pixels in-plane) is too small to adapt "
-                         f"on at factor {scale:g}: an in-plane axis needs {_need(LR_SLICES[-1], scale)} samples "
+                         f"on at factor {scale:g}: an in-plane axis needs {thin_slices_touched(LR_SLICES[-1], scale)} samples "
                          f"of {thin:.3g} mm; upsample without --adapt")
     return {"scale": scale, "thin_spacing": thin, "lr_slices": lr_slices, "axes": axes, "train": train,
             "patch": (min(PATCH, n), min(patch.values()))}
@@ -186,7 +182,7 @@ def anchor_volume(net: CycleINR, volume: np.ndarray, spacing_xyz, plan: dict, de
                        noise="none", cancel=cancel).array
     except Cancelled:
         raise Cancelled("adaptation cancelled") from None
-    return [Volume(out, "the unadapted model's output")] if len(out) >= _need(plan["lr_slices"], plan["scale"]) else []
+    return [Volume(out, "the unadapted model's output")] if len(out) >= thin_slices_touched(plan["lr_slices"], plan["scale"]) else []
 
 
 def trainable(net: CycleINR) -> list[torch.nn.Parameter]:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .geometry import slices_at_scale
+
 BASELINE = "linear"
 
 
@@ -72,7 +74,7 @@ def flops_per_output_voxel(config, factor: float, n_lr_slices: int = 64) -> floa
     """Model FLOPs per output voxel when upsampling ``n_lr_slices`` slices by ``factor`` in one window
     (no sliding-window overlap): the ideal the bench compares wall time with. Per-pass constants (the
     query weights' fold) are spread over a 512 x 512 plane."""
-    n_out = int(np.floor((n_lr_slices - 1) * factor + 1e-6)) + 1
+    n_out = slices_at_scale(n_lr_slices, factor)
     z = np.arange(n_out) / factor
     plane = 512 * 512
     return sum(flops_breakdown(config, n_lr_slices, n_out, plane, z=z).values()) / (n_out * plane)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .degrade import degrade_block, lr_positions
+from .geometry import slices_at_scale, thin_slices_touched
 from .volume_io import VolumeError, read_volume
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -101,8 +102,8 @@ def sample_batch(rng: np.random.Generator, volumes: list[Volume], batch_size: in
     in-plane size, square or (height, width) (per-scan adaptation: a thick axis with few slices)."""
     ph, pw = (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[1]))
     scale = draw_scale(rng, *scale_range)
-    span = int(math.floor((lr_slices - 1) * scale + 1e-6)) + 1      # HR targets: first to last LR slice
-    need = int(math.ceil((lr_slices - 1) * scale - 1e-6)) + 1       # HR slices the last LR slice touches
+    span = slices_at_scale(lr_slices, scale)             # HR targets: first to last LR slice
+    need = thin_slices_touched(lr_slices, scale)         # HR slices the LR slices are made from
     lrs, hrs = [], []
     for _ in range(batch_size):
         vol = volumes[int(rng.integers(0, len(volumes)))]

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import baselines, metrics
 from .degrade import MODES, simulate_thick
+from .geometry import slices_at_scale
 from .noise import NOISE_MODES, generated_mask
 from .volume_io import VolumeError, read_volume
 
@@ -251,7 +252,7 @@ def evaluate_volume(name: str, hr: np.ndarray, spacing, scale: float, methods: d
     lr, positions = simulate_thick(hr, scale, mode=degradation, offset=0.0)
     sx, sy, sz = (float(s) for s in spacing)
     lr_spacing = (sx, sy, sz * scale)
-    count = int(math.floor((lr.shape[0] - 1) * scale + 1e-6)) + 1
+    count = slices_at_scale(lr.shape[0], scale)
     ref = hr[:count]
     new = new_slice_mask(count, scale)
     base = {"volume": name, "scale": scale}

@@ -72,6 +72,18 @@ def output_slice_count(n_slices: int, slice_spacing: float, target_spacing: floa
     return int(math.floor((n_slices - 1) * slice_spacing / target_spacing + _EPS)) + 1
 
 
+def slices_at_scale(n_slices: int, scale: float) -> int:
+    """Thin slices from the first to the last of ``n_slices`` thick ones, ``scale`` thin per thick slice
+    (the count ``output_slice_count`` gives when the target spacing is the thick one over ``scale``)."""
+    return int(math.floor((n_slices - 1) * scale + _EPS)) + 1
+
+
+def thin_slices_touched(n_slices: int, scale: float) -> int:
+    """Thin slices that ``n_slices`` simulated thick ones at ``scale`` are made from: at a decimal scale
+    the last thick slice is interpolated from the thin slice after its position too."""
+    return int(math.ceil((n_slices - 1) * scale - _EPS)) + 1
+
+
 def output_slice_positions(n_slices: int, slice_spacing: float, target_spacing: float) -> np.ndarray:
     """Positions of the output slices in input slice-index units (float64, first = 0, last <= n - 1)."""
     m = output_slice_count(n_slices, slice_spacing, target_spacing)

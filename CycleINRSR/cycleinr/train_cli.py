@@ -45,6 +45,7 @@ from . import __version__, outputs
 from .config import PRESETS, preset
 from .data import VOLUME_SUFFIXES, Volume, load_volumes
 from .degrade import MODES
+from .geometry import thin_slices_touched
 from .inference import Cancelled, select_device
 from .train import TRAIN_PRECISIONS, Parallel, TrainSettings, train
 
@@ -341,12 +342,6 @@ def _split_paths(values) -> list[str]:
     return paths
 
 
-def _span(thick_slices: int, scale: float) -> int:
-    """Thin slices a training patch needs: its last thick slice lies (thick_slices - 1) x scale thin
-    slices after its first and, for a decimal scale, is interpolated from the thin slice after that."""
-    return int(math.ceil((thick_slices - 1) * scale - 1e-6)) + 1
-
-
 def _min_validation_slices(settings: TrainSettings) -> int:
     """Validation simulates at least 2 thick slices at each validation scale."""
     return int(math.ceil(max(settings.validation_scales) - 1e-9)) + 1
@@ -399,7 +394,7 @@ def check_output(path: str | os.PathLike) -> Path:
 def check_training_volumes(volumes: list[Volume], settings: TrainSettings) -> None:
     """Every volume must hold a whole training patch along each of its slice axes at every training
     scale, or ``sample_batch`` would fail in the middle of training."""
-    low, high = _span(settings.lr_slices, settings.scale_min), _span(settings.lr_slices, settings.scale_max)
+    low, high = thin_slices_touched(settings.lr_slices, settings.scale_min), thin_slices_touched(settings.lr_slices, settings.scale_max)
     for vol in volumes:
         shape = vol.array.shape
         for axis in vol.slice_axes:
@@ -440,7 +435,7 @@ def hold_out(volumes: list[Volume], fraction: float, settings: TrainSettings
     n = vol.array.shape[0]
     count = max(int(round(fraction * n)), _min_validation_slices(settings))
     keep = n - count
-    needed = _span(settings.lr_slices, settings.scale_max)
+    needed = thin_slices_touched(settings.lr_slices, settings.scale_max)
     if keep < needed:
         raise ValueError(f"{vol.name}: {n} slices are too few to hold out a {count}-slice validation slab and keep "
                          f"the {needed} slices training needs; give validation volumes, more slices or a smaller "

@@ -40,6 +40,7 @@ from scipy import ndimage
 from cycleinr import adapt
 from cycleinr.data import Volume, sample_batch
 from cycleinr.degrade import simulate_thick
+from cycleinr.geometry import slices_at_scale
 from cycleinr.inference import upsample
 from cycleinr.metrics import psnr, snli
 from cycleinr.train import losses
@@ -128,7 +129,7 @@ def main():
 
         run = dict(target_spacing=sz, model=base, device=args.device, noise=args.noise, seed=args.seed)
         p0, d0 = score(hr, upsample(lr, spacing, **run).array, s)
-        hr_dip = dip_ratio(snli(hr[:int(np.floor((len(lr) - 1) * s + 1e-6)) + 1]).sigmas, s)
+        hr_dip = dip_ratio(snli(hr[:slices_at_scale(len(lr), s)]).sigmas, s)
         print(f"x{s:g} | 0 | - | - | - | {p0:.2f} | - | {d0:.3f}  (HR's own dip ratio {hr_dip:.3f})", flush=True)
         for budget in args.budgets:
             if not args.no_adapt:

@@ -21,6 +21,7 @@ from blend_band import central_crop
 from cycleinr.baselines import interpolate
 from cycleinr.degrade import simulate_thick
 from cycleinr.evaluate import new_slice_mask
+from cycleinr.geometry import slices_at_scale
 from cycleinr.inference import upsample
 from cycleinr.metrics import psnr, snli
 from cycleinr.volume_io import read_volume
@@ -64,7 +65,7 @@ def main():
         else:
             lr, _ = simulate_thick(volume, s)
             spacing, ref = (1.0, 1.0, float(s)), volume
-        count = int(np.floor((len(lr) - 1) * s + 1e-6)) + 1      # output slices: first to last input slice
+        count = slices_at_scale(len(lr), s)                       # output slices: first to last input slice
         reference = snli(lr if ref is None else ref[:count])        # the input's, or HR's over the output grid
         if ref is not None:
             print(f"x{s:g} | HR level at acquired slices | - | - | {level_matched_snli(reference.sigmas, s):.3f} | "
