@@ -50,7 +50,7 @@ def models_dir() -> Path:
 
 # The bundled model that ``--model auto`` uses on each kind of device. 'fast' on both for now: on the held-out
 # head slab the paper-size model (after its bf16 fine-tuning, stage 5) is better at x2 and x3 (+2.6 / +2.9
-# against +1.6 / +1.8 dB over linear) and level at x5 (+1.33 against +1.37; model card), and 'fast' takes
+# against +1.9 / +2.3 dB over linear) and level at x5 (+1.33 against +1.41; model card), and 'fast' takes
 # about a minute per CT on a CPU instead of ten. The paper-size model becomes the CUDA choice once its speed
 # on a GPU is measured (issue 10's target: a CT in about a second) or GPU training (issue 12) puts it ahead
 # at every scale.
