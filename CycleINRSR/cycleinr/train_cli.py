@@ -394,7 +394,8 @@ def check_output(path: str | os.PathLike) -> Path:
 def check_training_volumes(volumes: list[Volume], settings: TrainSettings) -> None:
     """Every volume must hold a whole training patch along each of its slice axes at every training
     scale, or ``sample_batch`` would fail in the middle of training."""
-    low, high = thin_slices_touched(settings.lr_slices, settings.scale_min), thin_slices_touched(settings.lr_slices, settings.scale_max)
+    low = thin_slices_touched(settings.lr_slices, settings.scale_min)
+    high = thin_slices_touched(settings.lr_slices, settings.scale_max)
     for vol in volumes:
         shape = vol.array.shape
         for axis in vol.slice_axes:

@@ -40,7 +40,7 @@ from scipy import ndimage
 from cycleinr import adapt
 from cycleinr.data import Volume, sample_batch
 from cycleinr.degrade import simulate_thick
-from cycleinr.geometry import slices_at_scale
+from cycleinr.geometry import slices_at_scale, thin_slices_touched
 from cycleinr.inference import upsample
 from cycleinr.metrics import psnr, snli
 from cycleinr.train import losses
@@ -70,7 +70,7 @@ def fit_along_k(model, thin, scale, seconds, degradation, device, seed, whole_ra
     rate, cap = (whole_rate, float("inf")) if whole_rate else (adapt.LEARNING_RATE, adapt.STEPS)
     opt = torch.optim.Adam(net.parameters() if whole_rate else adapt.trainable(net), lr=rate)
     cfg, batch = net.config, adapt.BATCH.get(torch.device(device).type, adapt.BATCH["cuda"])
-    lr_slices = next(k for k in adapt.LR_SLICES if adapt._need(k, scale) <= len(thin))
+    lr_slices = next(k for k in adapt.LR_SLICES if thin_slices_touched(k, scale) <= len(thin))
     draw = dict(batch_size=batch, lr_slices=lr_slices, patch=adapt.PATCH, scale_range=(scale, scale),
                 mode=degradation, noise_hu=0.0, offset=cfg.intensity_offset, scale_hu=cfg.intensity_scale)
     volumes, norm = [Volume(thin, "along K")], adapt._training_loss(model)

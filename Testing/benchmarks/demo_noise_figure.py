@@ -13,15 +13,12 @@ wavelet noise sigma of every output slice next to the input's, the curve behind 
 import argparse
 
 import matplotlib
+import numpy as np
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from cycleinr.inference import upsample  # noqa: E402
-from cycleinr.metrics import snli  # noqa: E402
-from cycleinr.volume_io import read_volume  # noqa: E402
+from cycleinr.inference import upsample
+from cycleinr.metrics import snli
+from cycleinr.volume_io import read_volume
 
 SAMPLE = "Resources/SampleData/CycleINRSampleChestCT5mm.nrrd"
 TARGET_MM = 2.5
@@ -34,6 +31,9 @@ def main():
     ap.add_argument("--before-label", default="previous fast model, no noise matching")
     ap.add_argument("--now-label", default="bundled fast model, noise matching (default)")
     args = ap.parse_args()
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     volume, geometry, _ = read_volume(SAMPLE)
     volume = volume.astype(np.float32)
     spacing = geometry.spacing
