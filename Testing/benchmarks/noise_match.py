@@ -74,7 +74,7 @@ def main():
             new = new_slice_mask(len(out), s)
             result = snli(out)
             ratio = result.sigmas[new].mean() / result.sigmas[~new].mean()
-            score = "-" if ref is None else f"{psnr(ref[:len(out)][new], out[new]):.2f}"
+            score = "-" if ref is None else f"{psnr(ref[:count][new], out[new]):.2f}"
             print(f"x{s:g} | {name} | {noise} | {ratio:.3f} | {result.value:.3f} | {reference.value:.3f} | {score}",
                   flush=True)
 
