@@ -200,9 +200,10 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
             weight_sum[rows] += wz
         out /= weight_sum[:, None, None]
         out.mul_(cfg.intensity_scale).add_(cfg.intensity_offset)
-        if noise == "match":
-            match_noise(out, positions, input_noise_sigmas(volume, dev), seed, dev)   # on the model's device
-        out.clamp_(float(np.min(volume)), float(np.max(volume)))
+        bounds = float(np.min(volume)), float(np.max(volume))       # output values stay in the input's range
+        out.clamp_(*bounds)
+        if noise == "match":                                        # on the model's device
+            match_noise(out, positions, input_noise_sigmas(volume, dev), seed, dev, bounds)
     out = out.cpu().numpy()
     spacing_out = (spacing[0], spacing[1], float(target))
     return UpsampleResult(out, spacing_out, positions, adaptation=report,

@@ -106,8 +106,9 @@ def add_model_options(p) -> None:
                    help=f"in-plane tile size, >= 8 (default: {DEFAULT_TILE['cpu']} on CPU, sized for the GPU on CUDA)")
     p.add_argument("--noise", default="match", choices=NOISE_MODES,
                    help="match (default): give generated slices the noise level of the acquired ones (seeded "
-                        "white noise of the variance they lack); none: the network's output as is (a "
-                        "conditional mean: smoother than acquired slices, slightly higher PSNR on noisy CT)")
+                        "white noise of the variance they lack; slices sharper than the input there are "
+                        "softened); none: the network's output as is (a conditional mean: smoother than "
+                        "acquired slices, slightly higher PSNR on noisy CT)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto (default): bfloat16 on CUDA, float32 on a CPU; bfloat16: also on a CPU (faster on "
                         "CPUs with bf16 matrix units, e.g. AMX; outputs change by ~0.1 HU on average)")

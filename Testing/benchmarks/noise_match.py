@@ -4,6 +4,8 @@ With ground truth (a thin-slice volume, thick slices simulated by interval sampl
     python Testing/benchmarks/noise_match.py runs/data/head_test_crop.nrrd --models fast --scales 2 3 5
 On a thick CT's in-plane check (its y axis as the slice axis, thin truth at the pixel spacing):
     python Testing/benchmarks/noise_match.py ../shared/data/lung_dx_a0001_chest_ct_5mm.nrrd --transpose --crop 192
+As another scanner might give it (``--blur 1.0``: a soft kernel; ``--extra-noise 40``: low dose):
+    python Testing/benchmarks/noise_match.py runs/data/head_test_crop.nrrd --blur 1.0
 On a real thick CT (no ground truth; dip ratio and SNLI of the output vs the input's SNLI):
     python Testing/benchmarks/noise_match.py Resources/SampleData/CycleINRSampleChestCT5mm.nrrd --thick --scales 2 3 5
 
@@ -16,6 +18,7 @@ slices only.
 import argparse
 
 import numpy as np
+from adapt_gain import shifted
 from blend_band import central_crop
 
 from cycleinr.baselines import interpolate
@@ -51,11 +54,16 @@ def main():
     ap.add_argument("--scales", type=float, nargs="+", default=[2, 3, 5])
     ap.add_argument("--thick", action="store_true", help="the volume is a real thick-slice scan (no truth)")
     ap.add_argument("--crop", type=int, default=0, help="central in-plane crop (0: whole plane)")
+    ap.add_argument("--blur", type=float, default=0.0, help="blur the volume isotropically first (Gaussian "
+                    "sigma, mm): a softer kernel than the training CT's")
+    ap.add_argument("--extra-noise", type=float, default=0.0, help="add white noise first (sigma, HU)")
     ap.add_argument("--transpose", action="store_true", help="in-plane check of a thick scan: its y axis "
                     "(thin truth at the pixel spacing) becomes the slice axis")
     args = ap.parse_args()
     volume, geometry, _ = read_volume(args.volume)
-    volume = central_crop(volume.astype(np.float32), args.crop)
+    sx, sy, sz = geometry.spacing
+    volume = shifted(volume.astype(np.float32), (sz, sy, sx), args.blur, args.extra_noise, seed=0)
+    volume = central_crop(volume, args.crop)
     if args.transpose:
         volume = np.ascontiguousarray(np.moveaxis(volume, 1, 0))
     print("scale | method | noise | dip ratio | SNLI out | SNLI in/HR | PSNR generated (dB)")
