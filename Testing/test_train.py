@@ -319,3 +319,20 @@ def test_bfloat16_mixed_precision_trains_close_to_float32(tmp_path):
     assert saved["training"]["settings"]["precision"] == "bfloat16"
     with pytest.raises(ValueError, match="precision"):
         TrainSettings(precision="float16")
+
+
+def test_kernel_jitter_softens_about_half_the_patches_and_input_and_target_alike():
+    """``blur_max``: white noise of 100 HU blurred by a Gaussian of sigma U(0, 2) voxels in about half the
+    patches (the rest keep ~100 HU), the thick input of a patch as smooth as its thin target (shared before
+    degradation); 0 turns it off, and out-of-range values are refused."""
+    noise = Volume(np.random.default_rng(1).normal(0, 100, (60, 40, 40)).astype(np.float32), "noise")
+    draw = dict(batch_size=60, lr_slices=4, patch=16, scale_range=(2.0, 2.0), noise_hu=0.0, min_tissue=0.0)
+    batch = sample_batch(np.random.default_rng(0), [noise], blur_max=2.0, **draw)
+    hr, lr = batch.hr.std(axis=(1, 2, 3)) * 1000, batch.lr.std(axis=(1, 2, 3, 4)) * 1000
+    soft = hr < 60
+    assert 0.3 < soft.mean() < 0.7, hr
+    assert np.all(hr[~soft] > 85) and np.all(lr[soft] < 60) and np.all(lr[~soft] > 85)
+    plain = sample_batch(np.random.default_rng(0), [noise], **draw)
+    assert np.all(plain.hr.std(axis=(1, 2, 3)) * 1000 > 85)
+    with pytest.raises(ValueError, match="blur_max"):
+        TrainSettings(blur_max=-1)

@@ -312,6 +312,15 @@ def test_issue_11_options_reach_the_settings_and_the_model():
     assert "--loss {l1,l2}" in help_text and "--residual {linear,none}" in help_text
 
 
+def test_kernel_jitter_option_reaches_the_settings_and_is_checked():
+    parse = train_cli.build_argparser().parse_args
+    settings = train_cli.settings_from_args(parse(["-i", "a", "-o", "w.safetensors", "--blur_max", "1.2"]))
+    assert settings.blur_max == 1.2
+    assert train_cli.settings_from_args(parse(["-i", "a", "-o", "w.safetensors"])).blur_max == 0.0
+    with pytest.raises(ValueError, match="blur_max"):
+        train_cli.settings_from_args(parse(["-i", "a", "-o", "w.safetensors", "--blur_max", "-0.5"]))
+
+
 def test_residual_none_trains_loads_and_upsamples(tmp_path, volume_file):
     """The paper's literal form (no residual over linear interpolation) from the command line: the written
     weights load as residual 'none' and upsample a volume."""

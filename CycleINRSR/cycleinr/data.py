@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from .degrade import degrade_block, lr_positions
 from .geometry import slices_at_scale, thin_slices_touched
@@ -75,9 +76,11 @@ def draw_scale(rng: np.random.Generator, lo: float = 2.0, hi: float = 6.0) -> fl
     return round(lo + rng.integers(0, steps + 1) / 10, 1)
 
 
-def _augment(rng, block: np.ndarray, noise_hu: float) -> np.ndarray:
-    """In-plane flips and quarter turns, intensity jitter and added noise (before degradation, so the LR
-    input and the HR target share it, as in a real scan)."""
+def _augment(rng, block: np.ndarray, noise_hu: float, blur_max: float = 0.0) -> np.ndarray:
+    """In-plane flips and quarter turns, intensity jitter, added noise and, with ``blur_max`` > 0, a softer
+    kernel for half the blocks (an isotropic Gaussian of sigma U(0, blur_max) voxels over the block, noise
+    included, as a soft reconstruction kernel smooths both). All before degradation, so the LR input and
+    the HR target share it, as in a real scan. Without ``blur_max`` the random stream is as before."""
     if rng.random() < 0.5:
         block = block[:, ::-1]
     if rng.random() < 0.5:
@@ -90,13 +93,16 @@ def _augment(rng, block: np.ndarray, noise_hu: float) -> np.ndarray:
     block = block * gain + shift
     if noise_hu > 0:
         block = block + rng.normal(0, rng.uniform(0, noise_hu), size=block.shape).astype(np.float32)
+    if blur_max > 0 and rng.random() < 0.5:
+        block = ndimage.gaussian_filter(np.asarray(block, dtype=np.float32), rng.uniform(0, blur_max), mode="nearest")
     return np.ascontiguousarray(block, dtype=np.float32)
 
 
 def sample_batch(rng: np.random.Generator, volumes: list[Volume], batch_size: int, lr_slices: int,
                  patch: int | tuple[int, int],
                  scale_range=(2.0, 6.0), mode: str = "interval", augment: bool = True, noise_hu: float = 10.0,
-                 offset: float = 0.0, scale_hu: float = 1000.0, min_tissue: float = 0.25) -> Batch:
+                 offset: float = 0.0, scale_hu: float = 1000.0, min_tissue: float = 0.25,
+                 blur_max: float = 0.0) -> Batch:
     """A batch of LR/HR pairs sharing one scale (so their shapes match). Patch positions are redrawn
     (up to 10 times) until at least ``min_tissue`` of the block is denser than -500 HU. ``patch`` is the
     in-plane size, square or (height, width) (per-scan adaptation: a thick axis with few slices)."""
@@ -123,7 +129,7 @@ def sample_batch(rng: np.random.Generator, volumes: list[Volume], batch_size: in
                 break
         lo, hi = max(z0 - pad, 0), min(z0 + need + pad, n)
         block = arr[lo:hi, y0:y0 + ph, x0:x0 + pw]
-        block = _augment(rng, block, noise_hu) if augment else np.ascontiguousarray(block, dtype=np.float32)
+        block = _augment(rng, block, noise_hu, blur_max) if augment else np.ascontiguousarray(block, dtype=np.float32)
         first = z0 - lo
         pos = lr_positions(block.shape[0], scale, first)[:lr_slices]
         lrs.append(degrade_block(block, pos, scale, mode, rng))

@@ -60,6 +60,7 @@ class TrainSettings:
     batch_size: int = 2
     augment: bool = True
     noise_hu: float = 10.0
+    blur_max: float = 0.0              # voxels: half the patches get a softer kernel (data._augment); 0: off
     seed: int = 0
     checkpoint_every: int = 10         # epochs
     validate_every: int = 10           # epochs
@@ -76,6 +77,8 @@ class TrainSettings:
             raise ValueError("the cycle-loss weight lambda must be >= 0")
         if self.epochs < 1 or self.iterations_per_epoch < 1 or self.batch_size < 1:
             raise ValueError("epochs, iterations per epoch and batch size must be positive")
+        if not (math.isfinite(self.blur_max) and 0 <= self.blur_max <= 5):
+            raise ValueError(f"blur_max must be 0 (off) .. 5 voxels (a Gaussian sigma), got {self.blur_max}")
         if self.lr_slices < 2 or self.patch < 4:
             raise ValueError("patches need at least 2 thick slices and 4x4 pixels")
         if self.degradation not in MODES:
@@ -328,7 +331,7 @@ def train(volumes: list[Volume], settings: TrainSettings, output: str | Path, va
                 _check_cancel(cancel)
                 batch = sample_batch(parallel.batch_rng(rng), volumes, settings.batch_size, settings.lr_slices, settings.patch,
                                      (settings.scale_min, settings.scale_max), settings.degradation,
-                                     settings.augment, settings.noise_hu, *norm)
+                                     settings.augment, settings.noise_hu, *norm, blur_max=settings.blur_max)
                 with autocast_for(dev, settings.precision):
                     parts = step(batch, dev)
                 opt.zero_grad(set_to_none=True)

@@ -169,6 +169,10 @@ PARAMETERS: tuple[Param, ...] = (
              "that do not see the patch's zero padding (which inference never shows them) are trained. "
              "-1: automatic, the network's context but at most a quarter of the patch; 0: score the whole patch.",
              "training"),
+    _setting("blur_max", "double", "Kernel jitter (voxels)",
+             "Blur half the training patches with an isotropic Gaussian of sigma drawn up to this many voxels "
+             "before thick slices are simulated (a softer reconstruction kernel than the training CT's, so "
+             "the network does not add detail a soft scan does not have); 0 = off.", "training", decimals=2),
     _setting("epochs", "integer", "Epochs",
              "Epochs to train (in total, counting those of a resumed checkpoint).", "training"),
     _setting("learning_rate", "double", "Learning rate", "Adam learning rate.", "training", decimals=6),

@@ -62,6 +62,8 @@ def main():
                     "more give the codes more z context)")
     ap.add_argument("--precision", default="float32", choices=TRAIN_PRECISIONS,
                     help="bfloat16: mixed precision (2.5x faster on this CPU's AMX units for the paper preset)")
+    ap.add_argument("--blur-max", type=float, help="kernel jitter: blur half the patches up to this Gaussian "
+                    "sigma in voxels (TrainSettings.blur_max; off by default)")
     ap.add_argument("--ablation", choices=ABLATIONS, help="train an ablation variant of the recipe")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)     # kill = interrupt: checkpoint first
@@ -74,7 +76,7 @@ def main():
     if args.ablation:
         recipe["model_overrides"], recipe["cycle_weight"] = ABLATIONS[args.ablation]
     overrides = {"halve_every": "halve_every", "lr": "learning_rate", "batch": "batch_size", "patch": "patch",
-                 "iterations": "iterations_per_epoch", "lr_slices": "lr_slices"}    # option -> recipe key
+                 "iterations": "iterations_per_epoch", "lr_slices": "lr_slices", "blur_max": "blur_max"}
     recipe.update({key: getattr(args, option) for option, key in overrides.items() if getattr(args, option)})
     if args.blend_band:
         recipe["model_overrides"] = {**recipe.get("model_overrides", {}), "blend_band": args.blend_band}
