@@ -73,7 +73,7 @@ def comparison_figure(path, lr: np.ndarray, out: np.ndarray, spacing_xyz, target
 
     sx, sy, sz = (float(s) for s in spacing_xyz)
     axes_dir = np.asarray(direction, dtype=float).reshape(3, 3).T      # rows: physical vectors of i, j, k
-    n_in, n_out = lr.shape[0], out.shape[0]
+    n_out = out.shape[0]
     positions = np.arange(n_out) * target / sz                         # in input slice-index units
     k_out = generated_slice(positions)
     k_in = int(round(positions[k_out]))
@@ -105,9 +105,7 @@ def comparison_figure(path, lr: np.ndarray, out: np.ndarray, spacing_xyz, target
     for ax in axes[:, n_img]:
         ax.remove()
     curve = fig.add_subplot(gs[:, n_img])
-    s_in, s_out = snli(lr), snli(out)
-    curve.plot(np.arange(n_out) * target, s_out.sigmas, ".-", ms=3, lw=0.8, label=f"output (SNLI {s_out.value:.2f})")
-    curve.plot(np.arange(n_in) * sz, s_in.sigmas, "o", ms=5, label=f"input (SNLI {s_in.value:.2f})")
+    plot_slice_noise(curve, lr, sz, out, target)
     curve.axvline(k_out * target, color="0.6", lw=0.8, ls=":", label="generated slice shown")
     curve.set_xlabel("position along slice axis K (mm from first slice)")
     curve.set_ylabel("noise sigma per slice (wavelet MAD estimate)")
@@ -120,6 +118,17 @@ def comparison_figure(path, lr: np.ndarray, out: np.ndarray, spacing_xyz, target
     fig.savefig(path, dpi=80, format=path.suffix[1:].lower() or "png")
     plt.close(fig)
     return path
+
+
+def plot_slice_noise(ax, lr: np.ndarray, lr_spacing: float, out: np.ndarray, out_spacing: float):
+    """Per-slice noise sigma of output and input against position along K (mm), the curve behind SNLI; shared
+    by the comparison figure and the model card's demo figure. Returns the two SNLI results (input, output)."""
+    s_in, s_out = snli(lr), snli(out)
+    ax.plot(np.arange(len(out)) * out_spacing, s_out.sigmas, ".-", ms=3, lw=0.8,
+            label=f"output {out_spacing:g} mm (SNLI {s_out.value:.2f})")
+    ax.plot(np.arange(len(lr)) * lr_spacing, s_in.sigmas, "o", ms=5,
+            label=f"input {lr_spacing:g} mm (SNLI {s_in.value:.2f})")
+    return s_in, s_out
 
 
 def _letters(ax, right, down, rows_down: bool) -> None:

@@ -16,8 +16,8 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
+from cycleinr.comparison import plot_slice_noise
 from cycleinr.inference import upsample
-from cycleinr.metrics import snli
 from cycleinr.volume_io import read_volume
 
 SAMPLE = "Resources/SampleData/CycleINRSampleChestCT5mm.nrrd"
@@ -38,15 +38,10 @@ def main():
     volume = volume.astype(np.float32)
     spacing = geometry.spacing
     runs = [(args.before_label, dict(model=args.before, noise="none")), (args.now_label, dict(model="auto"))]
-    s_in = snli(volume)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for ax, (label, kwargs) in zip(axes, runs, strict=True):
         out = upsample(volume, spacing, target_spacing=TARGET_MM, device="cpu", **kwargs).array
-        s_out = snli(out)
-        ax.plot(np.arange(len(out)) * TARGET_MM, s_out.sigmas, ".-", ms=3, lw=0.8,
-                label=f"output {TARGET_MM:g} mm (SNLI {s_out.value:.2f} HU)")
-        ax.plot(np.arange(len(volume)) * geometry.slice_spacing, s_in.sigmas, "o", ms=5,
-                label=f"input {geometry.slice_spacing:g} mm (SNLI {s_in.value:.2f} HU)")
+        s_in, s_out = plot_slice_noise(ax, volume, geometry.slice_spacing, out, TARGET_MM)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("position along the slice axis (mm)")
         ax.legend(fontsize=7, loc="lower right")
