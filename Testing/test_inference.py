@@ -320,3 +320,65 @@ def test_cpu_upsample_takes_the_onednn_path_on_x86(monkeypatch):
     monkeypatch.setattr(model_module, "USE_ONEDNN", False)
     plain = upsample(vol, (1, 1, 2.0), factor=2.5, model=make_model(seed=4), device="cpu", noise="none").array
     assert np.abs(fused - plain).max() < 1e-4 * np.ptp(plain)
+
+
+def _flipped_run(volume, dims, spacing_z: float, target: float, model, **kwargs) -> np.ndarray:
+    """The network on a flipped copy of ``volume``, flipped back: a plain ``upsample`` call per flip."""
+    out = upsample(np.ascontiguousarray(np.flip(volume, dims)), (1, 1, spacing_z), target_spacing=target,
+                   model=model, device="cpu", noise="none", **kwargs).array
+    return np.flip(out, dims)
+
+
+def _unclamped(volume, runs) -> np.ndarray:
+    """Voxels where no run was clamped to the input's range: there the ensemble (which clamps the mean) and
+    the mean of separately clamped runs agree."""
+    lo, hi = volume.min(), volume.max()
+    return np.all([(r > lo) & (r < hi) for r in runs], axis=0)
+
+
+def test_self_ensemble_is_the_mean_over_flipped_runs(tiny_model, volume):
+    """ensemble=8 equals the mean of 8 separate runs on flipped copies (z, x, y and their combinations),
+    each flipped back; ensemble=2 the mean of the plain and the z-flipped run. On this grid the output
+    positions are symmetric (11 LR slices, x2), so a z-flipped run lands on the same slices."""
+    vol = volume[:11]
+    runs = {dims: _flipped_run(vol, dims, 2.0, 1.0, tiny_model, window=5, overlap=1)
+            for dims in ((), (0,), (2,), (0, 2), (1,), (0, 1), (1, 2), (0, 1, 2))}
+    kw = dict(target_spacing=1.0, model=tiny_model, device="cpu", noise="none", window=5, overlap=1)
+    eight = upsample(vol, (1, 1, 2.0), ensemble=8, **kw).array
+    two = upsample(vol, (1, 1, 2.0), ensemble=2, **kw).array
+    scale, inside = np.ptp(eight), _unclamped(vol, runs.values())
+    assert inside.mean() > 0.5
+    assert np.abs(eight - np.mean(list(runs.values()), axis=0))[inside].max() < 1e-5 * scale
+    assert np.abs(two - (runs[()] + runs[(0,)]) / 2)[inside].max() < 1e-5 * scale
+    assert np.abs(runs[(0,)] - runs[()]).max() > 1e-3 * scale          # the flips do differ
+
+
+def test_self_ensemble_z_flip_decodes_the_mirrored_positions(tiny_model, volume):
+    """Where the flipped grid does not land on the output's slices (5 LR slices of 3 mm to 2.5 mm: 0 ... 10 mm
+    of 12), the z-flipped pass decodes the mirrored positions 12 - z. A plain run on the z-flipped volume at
+    0.5 mm holds those positions (0.5 mm divides 2 ... 12 mm), so it is the reference."""
+    vol = volume[:5]
+    kw = dict(model=tiny_model, device="cpu", noise="none")
+    plain = upsample(vol, (1, 1, 3.0), target_spacing=2.5, **kw)
+    assert np.allclose(plain.positions * 3.0, [0, 2.5, 5, 7.5, 10])
+    fine = upsample(np.ascontiguousarray(vol[::-1]), (1, 1, 3.0), target_spacing=0.5, **kw).array
+    mirrored = fine[[round((12 - z) / 0.5) for z in plain.positions * 3.0]]
+    two = upsample(vol, (1, 1, 3.0), target_spacing=2.5, ensemble=2, **kw).array
+    inside = _unclamped(vol, (plain.array, mirrored))
+    assert inside.mean() > 0.5
+    assert np.abs(two - (plain.array + mirrored) / 2)[inside].max() < 1e-5 * np.ptp(two)
+
+
+def test_self_ensemble_keeps_range_progress_and_rejects_bad_sizes(tiny_model, volume):
+    calls = []
+    out = upsample(volume, (1, 1, 2.0), factor=2, model=tiny_model, window=4, overlap=1, ensemble=4,
+                   progress=lambda done, total: calls.append((done, total)))
+    assert volume.min() <= out.array.min() and out.array.max() <= volume.max()
+    assert [d for d, _ in calls] == list(range(1, len(calls) + 1)) and calls[-1][0] == calls[-1][1]
+    single = []
+    upsample(volume, (1, 1, 2.0), factor=2, model=tiny_model, window=4, overlap=1,
+             progress=lambda done, total: single.append(done))
+    assert len(calls) == 4 * len(single)
+    for bad in (0, 3, 16, True, 2.5):
+        with pytest.raises(ValueError, match="ensemble must be one of"):
+            upsample(volume, (1, 1, 2.0), factor=2, model=tiny_model, ensemble=bad)

@@ -697,3 +697,18 @@ def test_requirements_file_matches_pyproject():
             assert project[name] == floor, name
     shipped_with_slicer = {"numpy", "SimpleITK", "matplotlib", "torch"}  # matplotlib: figures only, not in Slicer
     assert set(project) - shipped_with_slicer <= set(slicer_side)
+
+
+def test_self_ensemble_reaches_the_core_command_line():
+    """The panel's "Self-ensemble" choice becomes --ensemble N (left out when off), which cycleinr's parser
+    accepts; the panel's sizes are the core's."""
+    from cycleinr.cli import build_parser
+    from cycleinr.inference import ENSEMBLE_SIZES
+    assert proc.ENSEMBLE_SIZES == ENSEMBLE_SIZES
+    off = proc.buildUpsampleCommand("py", "i.nrrd", "o.nrrd", thickness=1)
+    eight = proc.buildUpsampleCommand("py", "i.nrrd", "o.nrrd", thickness=1, ensemble=8)
+    assert "--ensemble" not in off and eight[-2:] == ["--ensemble", "8"]
+    assert build_parser().parse_args(eight[3:]).ensemble == 8
+    assert build_parser().parse_args(off[3:]).ensemble == 1
+    with pytest.raises(ValueError, match="self-ensemble"):
+        proc.buildUpsampleCommand("py", "i.nrrd", "o.nrrd", thickness=1, ensemble=3)

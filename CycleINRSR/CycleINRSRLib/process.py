@@ -27,6 +27,7 @@ from collections.abc import Callable
 PROGRESS_PATTERN = re.compile(r"progress (\d+(?:\.\d+)?)%")
 ERROR_PREFIX = "cycleinr: error:"
 DEVICES = ("auto", "cpu", "cuda")
+ENSEMBLE_SIZES = (1, 2, 4, 8)  # self-ensemble passes the core accepts (cycleinr.inference.ENSEMBLE_SIZES)
 BUNDLED_MODELS = {"default": "cycleinr_paper", "fast": "cycleinr_fast"}
 AUTO_MODEL = "auto"  # the core picks by device (weights.model_for_device; 'fast' on both today)
 MODEL_PATTERN = re.compile(r"cycleinr: model (.+) on (\S+)\s*$")  # the CLI's stderr line (not under --quiet)
@@ -138,11 +139,11 @@ def buildUpsampleCommand(python: str, inputPath: str, outputPath: str, *, thickn
                          factor: float | None = None, model: str = AUTO_MODEL, device: str = "auto",
                          window: int | None = None, overlap: int | None = None, tile: int | None = None,
                          reportPath: str | None = None, adaptSeconds: float | None = None,
-                         matchNoise: bool = True) -> list[str]:
+                         matchNoise: bool = True, ensemble: int = 1) -> list[str]:
     """Argument list of ``python -m cycleinr upsample``. Exactly one of ``thickness`` (target slice
     spacing, mm) or ``factor``. ``window``/``overlap``/``tile`` of None or 0 mean the core's default
     (the flag is left out); overlap may be 0 only when set explicitly with a window. ``model`` is 'auto'
-    (chosen by device), 'default', 'fast' or a weights file. Never ``--quiet``: the panel follows the
+    (chosen by device), 'default', 'fast' or a weights file. ``ensemble``: self-ensemble passes (1 = off). Never ``--quiet``: the panel follows the
     progress lines and the ``cycleinr: model ... on ...`` line."""
     if (thickness is None) == (factor is None):
         raise ValueError("give exactly one of thickness (mm) or factor")
@@ -167,6 +168,10 @@ def buildUpsampleCommand(python: str, inputPath: str, outputPath: str, *, thickn
     if adaptSeconds:                        # "Adapt to this scan": fine-tune a copy first (None or 0: off)
         command += ["--adapt", repr(_positive("adaptation time", adaptSeconds))]
     command += ["--noise", "match" if matchNoise else "none"]   # stated, whatever the core's default
+    if int(ensemble) != 1:
+        if int(ensemble) not in ENSEMBLE_SIZES:
+            raise ValueError(f"self-ensemble must be one of {ENSEMBLE_SIZES} passes, got {ensemble}")
+        command += ["--ensemble", str(int(ensemble))]
     return command
 
 

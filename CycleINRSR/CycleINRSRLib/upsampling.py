@@ -32,6 +32,7 @@ class UpsampleSettings:
     tile: int = 0
     adaptSeconds: float = 0.0    # > 0: "Adapt to this scan" for at most this long before upsampling
     matchNoise: bool = True      # generated slices get the acquired slices' noise level (--noise match|none)
+    ensemble: int = 1            # self-ensemble passes over flipped copies, 1/2/4/8 (--ensemble)
 
 
 def validateSettings(inputNode, settings: UpsampleSettings) -> None:
@@ -177,7 +178,7 @@ class UpsampleJob:
                 device=self.settings.device, window=self.settings.window or None,
                 overlap=self.settings.overlap or None, tile=self.settings.tile or None,
                 reportPath=self._tmp.file("report.json"), adaptSeconds=self.settings.adaptSeconds or None,
-                matchNoise=self.settings.matchNoise)
+                matchNoise=self.settings.matchNoise, ensemble=self.settings.ensemble)
             # No CYCLEINR_MODELS of our own: the core in the background process looks for the bundled
             # models where the panel's proc.bundledModelFile (the same core code) found them.
             env = proc.buildEnvironment()

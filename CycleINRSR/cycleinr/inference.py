@@ -43,6 +43,11 @@ DECODER_VALUES_CPU = 1 << 22
 CUDA_MEMORY_SHARE = 0.5                   # of the free GPU memory that one window may take
 OUTPUT_MEMORY_SHARE = 0.25                # of the free GPU memory that the output volume may take
 PRECISIONS = ("auto", "float32", "bfloat16")
+# Self-ensemble (EDSR's "+", Lim et al. 2017): the network's outputs on flipped copies of the input, flipped
+# back and averaged. Flips of the slice axis (z) first, then x, then y (dims of a (z, y, x) array): 2 passes
+# average z, 4 add x, 8 add y. Training flips every axis, so each pass is an equally good estimate.
+SELF_ENSEMBLE_FLIPS = ((), (0,), (2,), (0, 2), (1,), (0, 1), (1, 2), (0, 1, 2))
+ENSEMBLE_SIZES = (1, 2, 4, 8)
 
 
 class Cancelled(RuntimeError):
@@ -108,7 +113,7 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
              progress: Callable[[int, int], None] | None = None, cancel=None,
              noise: str = "match", seed: int = 0, adapt: float | None = None, degradation: str = "interval",
              adapt_progress: Callable[[float, float], None] | None = None,
-             precision: str = "auto") -> UpsampleResult:
+             precision: str = "auto", ensemble: int = 1) -> UpsampleResult:
     """Upsample a (z, y, x) volume along z to ``target_spacing`` mm (or by ``factor``).
 
     ``spacing`` is ITK (x, y, z) in mm (or a Geometry). The first output slice lies on the first input
@@ -122,7 +127,9 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
     float32 on a CPU; 'bfloat16' also on a CPU (faster where it has bf16 matrix units, e.g. AMX; see
     ``autocast_for``). Interpolation weights, residual and blending always stay float32.
     ``noise="match"`` (the default) gives generated slices the noise level of the acquired ones
-    (``noise.py``; seeded by ``seed``); ``"none"`` returns the network's output.
+    (``noise.py``; seeded by ``seed``); ``"none"`` returns the network's output. ``ensemble`` (1, 2, 4 or
+    8) averages the network's output over that many flipped copies of the input (``SELF_ENSEMBLE_FLIPS``):
+    higher PSNR for that many times the time, and one more output-sized buffer.
 
     ``adapt=SECONDS`` first fine-tunes a copy of the model on this volume's own in-plane axes for at most
     that long (``adapt.adapt_model``: ``degradation`` is the input's slice profile, interval or slab;
@@ -144,6 +151,8 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
         raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if isinstance(ensemble, bool) or ensemble not in ENSEMBLE_SIZES:
+        raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES} (passes over flipped copies), got {ensemble!r}")
     if adapt is not None:                     # adapt imports this module: loaded only when asked for
         from .adapt import adapt_model, check_budget
 
@@ -160,45 +169,29 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
     auto_window, auto_tile = window_and_tile(cfg, dev, volume.shape, margin)
     window, tile = window or auto_window, tile or auto_tile
     positions = output_slice_positions(n, spacing[2], target)
-
-    norm = torch.from_numpy((np.asarray(volume, dtype=np.float32) - cfg.intensity_offset) / cfg.intensity_scale)
-    z_spans = spans(n, window, overlap)
-    y_spans, x_spans = spans(h, tile, overlap), spans(w, tile, overlap)
-    wy, wx = _tile_weights(y_spans, h, dev), _tile_weights(x_spans, w, dev)
-    home = output_device(dev, (len(positions), h, w))
-    out = torch.zeros((len(positions), h, w), dtype=torch.float32, device=home) if len(z_spans) > 1 else None
-    weight_sum = torch.zeros(len(positions), dtype=torch.float32, device=home)
-    total, done = len(z_spans) * len(y_spans) * len(x_spans), 0
     chunk = int(os.environ.get("CYCLEINR_POINTS_PER_CHUNK", POINTS_PER_CHUNK[dev.type]))
     points = int(os.environ.get("CYCLEINR_DECODER_POINTS", decoder_points(cfg, dev, chunk)))
+
+    norm = torch.from_numpy((np.asarray(volume, dtype=np.float32) - cfg.intensity_offset) / cfg.intensity_scale)
+    home = output_device(dev, (len(positions), h, w))
+    passes = SELF_ENSEMBLE_FLIPS[:int(ensemble)]
+    steps = len(spans(n, window, overlap)) * len(spans(h, tile, overlap)) * len(spans(w, tile, overlap))
+    out = None
     with torch.inference_mode(), autocast_for(dev, precision):
-        for za, zb in z_spans:
-            inside = np.nonzero((positions >= za - 1e-9) & (positions <= zb + 1e-9))[0]
-            ez0, ez1 = max(za - margin, 0), min(zb + margin, n - 1)
-            z_local = torch.as_tensor(positions[inside] - ez0, dtype=torch.float32)
-            blended = torch.zeros((len(inside), h, w), dtype=torch.float32, device=dev)
-            for ya, yb in y_spans:
-                ey0, ey1 = max(ya - margin, 0), min(yb + margin, h - 1)
-                for xa, xb in x_spans:
-                    _check_cancel(cancel)
-                    ex0, ex1 = max(xa - margin, 0), min(xb + margin, w - 1)
-                    lr = norm[ez0:ez1 + 1, ey0:ey1 + 1, ex0:ex1 + 1].to(dev)[None, None]
-                    core = (ya - ey0, yb - ey0 + 1, xa - ex0, xb - ex0 + 1)
-                    pred = net.decode(lr, net.encode(lr), z_local, region=core, chunk=chunk, points=points)[0]
-                    blended[:, ya:yb + 1, xa:xb + 1] += pred * (wy[ya, yb][:, None] * wx[xa, xb][None, :])
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-            if out is None:                            # one z window: nothing to blend along z
-                out, weight_sum = blended.to(home), torch.ones(len(positions), device=home)
-                continue
-            if not len(inside):
-                continue
-            wz = torch.from_numpy(gaussian(positions[inside], za, zb)).to(home)
-            rows = slice(int(inside[0]), int(inside[-1]) + 1)      # a window's slices are consecutive
-            out[rows] += wz[:, None, None] * blended.to(home)
-            weight_sum[rows] += wz
-        out /= weight_sum[:, None, None]
+        for i, dims in enumerate(passes):          # self-ensemble: the same network on flipped copies
+            def step(done, total, offset=i * steps):
+                if progress is not None:
+                    progress(offset + done, steps * len(passes))
+            z_flip = 0 in dims
+            at = (n - 1) - positions[::-1] if z_flip else positions     # ascending in the flipped volume
+            view = torch.flip(norm, dims) if dims else norm
+            one = _network_output(net, view, at, dev, home, window, overlap, tile, margin, step, cancel, chunk,
+                                  points)
+            one = torch.flip(one, dims) if dims else one                # z: back to ascending positions
+            out = one if out is None else out.add_(one)
+            del one
+        if len(passes) > 1:
+            out.div_(len(passes))
         out.mul_(cfg.intensity_scale).add_(cfg.intensity_offset)
         bounds = float(np.min(volume)), float(np.max(volume))       # output values stay in the input's range
         out.clamp_(*bounds)
@@ -208,6 +201,48 @@ def upsample(volume: np.ndarray, spacing, target_spacing: float | None = None, f
     spacing_out = (spacing[0], spacing[1], float(target))
     return UpsampleResult(out, spacing_out, positions, adaptation=report,
                           adapted_model=net if report is not None else None)
+
+
+def _network_output(net, norm: torch.Tensor, positions: np.ndarray, dev, home, window: int, overlap: int,
+                    tile: int, margin: int, progress, cancel, chunk: int, points: int) -> torch.Tensor:
+    """The network's output (normalised units) at ``positions`` (ascending, in LR slice units) of the whole
+    (z, y, x) ``norm`` volume: z windows and in-plane tiles, each encoded with ``margin`` voxels of context and
+    decoded in its core only, blended with Gaussian weights (the module docstring)."""
+    n, h, w = norm.shape
+    z_spans = spans(n, window, overlap)
+    y_spans, x_spans = spans(h, tile, overlap), spans(w, tile, overlap)
+    wy, wx = _tile_weights(y_spans, h, dev), _tile_weights(x_spans, w, dev)
+    out = torch.zeros((len(positions), h, w), dtype=torch.float32, device=home) if len(z_spans) > 1 else None
+    weight_sum = torch.zeros(len(positions), dtype=torch.float32, device=home)
+    total, done = len(z_spans) * len(y_spans) * len(x_spans), 0
+    for za, zb in z_spans:
+        inside = np.nonzero((positions >= za - 1e-9) & (positions <= zb + 1e-9))[0]
+        ez0, ez1 = max(za - margin, 0), min(zb + margin, n - 1)
+        z_local = torch.as_tensor(positions[inside] - ez0, dtype=torch.float32)
+        blended = torch.zeros((len(inside), h, w), dtype=torch.float32, device=dev)
+        for ya, yb in y_spans:
+            ey0, ey1 = max(ya - margin, 0), min(yb + margin, h - 1)
+            for xa, xb in x_spans:
+                _check_cancel(cancel)
+                ex0, ex1 = max(xa - margin, 0), min(xb + margin, w - 1)
+                lr = norm[ez0:ez1 + 1, ey0:ey1 + 1, ex0:ex1 + 1].to(dev)[None, None]
+                core = (ya - ey0, yb - ey0 + 1, xa - ex0, xb - ex0 + 1)
+                pred = net.decode(lr, net.encode(lr), z_local, region=core, chunk=chunk, points=points)[0]
+                blended[:, ya:yb + 1, xa:xb + 1] += pred * (wy[ya, yb][:, None] * wx[xa, xb][None, :])
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        if out is None:                            # one z window: nothing to blend along z
+            out, weight_sum = blended.to(home), torch.ones(len(positions), device=home)
+            continue
+        if not len(inside):
+            continue
+        wz = torch.from_numpy(gaussian(positions[inside], za, zb)).to(home)
+        rows = slice(int(inside[0]), int(inside[-1]) + 1)      # a window's slices are consecutive
+        out[rows] += wz[:, None, None] * blended.to(home)
+        weight_sum[rows] += wz
+    out /= weight_sum[:, None, None]
+    return out
 
 
 def decoder_points(config, device: torch.device, chunk: int) -> int:

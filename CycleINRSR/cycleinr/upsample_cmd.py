@@ -23,6 +23,7 @@ from .inference import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
     DEFAULT_WINDOW,
+    ENSEMBLE_SIZES,
     NOISE_MODES,
     PRECISIONS,
     select_device,
@@ -109,6 +110,10 @@ def add_model_options(p) -> None:
                         "white noise of the variance they lack; slices sharper than the input there are "
                         "softened); none: the network's output as is (a conditional mean: smoother than "
                         "acquired slices, slightly higher PSNR on noisy CT)")
+    p.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLE_SIZES, metavar="PASSES",
+                   help="self-ensemble: average the network over 1 (default), 2, 4 or 8 flipped copies of the "
+                        "input (z, then x, then y flips); N times the time for a higher PSNR (fast model, held-out "
+                        "head CT: +0.1 to +0.25 dB with 2, +0.2 to +0.5 dB with 8)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto (default): bfloat16 on CUDA, float32 on a CPU; bfloat16: also on a CPU (faster on "
                         "CPUs with bf16 matrix units, e.g. AMX; outputs change by ~0.1 HU on average)")
@@ -155,7 +160,7 @@ def upsample_volume(volume, geometry, target: float, net, device, args, progress
     sizes = {"window": args.window} if args.window is not None else {}     # else inference's default
     result = upsample(volume, geometry.spacing, target_spacing=target, model=net, device=device,
                       overlap=args.overlap, tile=args.tile, progress=progress, noise=args.noise,
-                      precision=args.precision, **sizes,
+                      precision=args.precision, ensemble=args.ensemble, **sizes,
                       **(adapt or {}))
     seconds = time.perf_counter() - start - (result.adaptation or {}).get("seconds", 0.0)
     array = cast_like(result.array, volume.dtype)
@@ -163,12 +168,13 @@ def upsample_volume(volume, geometry, target: float, net, device, args, progress
             "adaptation": result.adaptation, "adapted_model": result.adapted_model}
 
 
-def make_report(volume, array, geometry, target, chosen, net, device, seconds, warnings, noise) -> dict:
+def make_report(volume, array, geometry, target, chosen, net, device, seconds, warnings, noise,
+                ensemble: int = 1) -> dict:
     return {"input": _snli_dict(volume), "output": _snli_dict(array), "factor": geometry.slice_spacing / target,
             "target_spacing": target, "input_spacing": geometry.slice_spacing, "model": chosen,
             "model_file": str(getattr(net, "source", "")), "device": str(device), "seconds": round(seconds, 3),
             "output_shape": list(array.shape), "warnings": warnings, "noise": noise,
-            "snli_note": "SNLI: spread of the per-slice noise level; lower = generated slices match acquired ones"}
+            "ensemble": ensemble, "snli_note": "SNLI: spread of the per-slice noise level; lower = generated slices match acquired ones"}
 
 
 def run(args) -> int:
@@ -197,7 +203,8 @@ def run(args) -> int:
     with Staged() as staged:
         staged.write(out, lambda tmp: write_image_file(tmp, array, done["geometry"]), format_of(out, VOLUME_FORMATS))
         if report_path:
-            report = make_report(volume, array, geometry, target, chosen, net, device, seconds, warnings, args.noise)
+            report = make_report(volume, array, geometry, target, chosen, net, device, seconds, warnings, args.noise,
+                                 args.ensemble)
             if adaptation:
                 report["adaptation"] = adaptation
             text = json.dumps(report, indent=1) + "\n"

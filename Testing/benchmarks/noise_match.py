@@ -31,12 +31,14 @@ from cycleinr.metrics import psnr, snli
 from cycleinr.volume_io import read_volume
 
 
-def outputs(lr, spacing, scale, models):
+def outputs(lr, spacing, scale, models, ensemble=1):
     """(method, noise mode, output) for linear interpolation, then each model without and with matching."""
     yield "linear", "none", interpolate(lr, spacing, factor=scale, method="linear").array
     for model in models:
+        name = model if ensemble == 1 else f"{model} ensemble {ensemble}"
         for noise in ("none", "match"):
-            yield model, noise, upsample(lr, spacing, factor=scale, model=model, device="cpu", noise=noise).array
+            yield name, noise, upsample(lr, spacing, factor=scale, model=model, device="cpu", noise=noise,
+                                        ensemble=ensemble).array
 
 
 def level_matched_snli(hr_sigmas: np.ndarray, scale: float) -> float:
@@ -60,6 +62,7 @@ def main():
     ap.add_argument("--extra-noise", type=float, default=0.0, help="add white noise first (sigma, HU)")
     ap.add_argument("--transpose", action="store_true", help="in-plane check of a thick scan: its y axis "
                     "(thin truth at the pixel spacing) becomes the slice axis")
+    ap.add_argument("--ensemble", type=int, default=1, help="self-ensemble passes of the models (1, 2, 4, 8)")
     ap.add_argument("--all-phases", action="store_true", help="with truth: repeat each scale with the first "
                     "thick slice at every thin slice the thick spacing spans (truth cut to match), then print the "
                     "mean distance of each method's SNLI to HR's over the phases")
@@ -96,7 +99,7 @@ def rows(volume, thick_spacing, s, phase, args):
         ideal = level_matched_snli(reference.sigmas, s)
         print(f"x{s:g} | {phase} | HR level at acquired slices | - | - | {ideal:.3f} | {reference.value:.3f} | -")
         yield "HR level at acquired slices", abs(ideal - reference.value)
-    for name, noise, out in outputs(lr, spacing, s, args.models):
+    for name, noise, out in outputs(lr, spacing, s, args.models, args.ensemble):
         new = new_slice_mask(len(out), s)
         result = snli(out)
         ratio = result.sigmas[new].mean() / result.sigmas[~new].mean()
