@@ -22,6 +22,17 @@ def test_cuda_matches_cpu_within_bfloat16_precision():
     assert np.abs(gpu - cpu).mean() < 0.002 * np.ptp(cpu)
 
 
+def test_self_ensemble_on_cuda_matches_the_cpu():
+    """The flipped passes (z with mirrored positions, x, y) and their mean on the GPU give the CPU's result."""
+    vol = phantom((9, 40, 36)).astype(np.float32)
+    kw = dict(target_spacing=1.3, noise="none", ensemble=8)
+    cpu = upsample(vol, (1, 1, 3.0), model=make_model(seed=2), device="cpu", **kw).array
+    gpu = upsample(vol, (1, 1, 3.0), model=make_model(seed=2), device="cuda", **kw).array
+    assert gpu.shape == cpu.shape
+    assert np.abs(gpu - cpu).max() < 0.02 * np.ptp(cpu)
+    assert np.abs(gpu - cpu).mean() < 0.002 * np.ptp(cpu)
+
+
 def test_noise_matching_on_cuda_estimates_like_the_cpu_and_reaches_its_target():
     """Noise matching runs on the model's device: the same sigmas as on the CPU, and generated slices of
     white 20 HU noise come back to the acquired level (CUDA draws its own noise, so not the CPU's values)."""

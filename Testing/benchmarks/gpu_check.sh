@@ -3,7 +3,8 @@
 #   bash Testing/benchmarks/gpu_check.sh [CT_64x512x512_5mm.nrrd] [OUT_DIR]
 # 1. the GPU tests; 2. `cycleinr bench` of the paper preset (default model) on a real 5 mm CT to 1 mm, with the
 # bf16 matmul peak and the ratio to the compute bound measured in the same run; 3. the training step at batch 16,
-# 48x48 patches, 6 thick slices, bf16 autocast (iterations/s and peak GPU memory). Needs SimpleITK and PyWavelets
+# 48x48 patches, 6 thick slices, bf16 autocast (iterations/s and peak GPU memory); 4. `cycleinr upsample` of the
+# CT with 1 and 2 self-ensemble passes per bundled model (seconds: whether 2 passes could be CUDA's default). Needs SimpleITK and PyWavelets
 # (pip install them first; on a machine without network, from wheels carried in the checkout).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,3 +18,11 @@ for preset in paper fast; do
   python Testing/benchmarks/train_step.py --device cuda --preset "$preset" --batch 16 --patch 48 --slices 6 \
     --iterations 20 --amp 2>&1 | tee -a "$OUT/train_step_cuda.txt"
 done
+for model in fast default; do
+  for passes in 1 2; do
+    echo -n "$model, --ensemble $passes: " | tee -a "$OUT/ensemble_cuda.txt"
+    python -m cycleinr upsample "$CT" "$OUT/ensemble.nrrd" --factor 5 --device cuda --model "$model" \
+      --ensemble "$passes" --quiet 2>&1 | tail -1 | tee -a "$OUT/ensemble_cuda.txt"
+  done
+done
+rm -f "$OUT/ensemble.nrrd"
