@@ -143,8 +143,8 @@ def buildUpsampleCommand(python: str, inputPath: str, outputPath: str, *, thickn
     """Argument list of ``python -m cycleinr upsample``. Exactly one of ``thickness`` (target slice
     spacing, mm) or ``factor``. ``window``/``overlap``/``tile`` of None or 0 mean the core's default
     (the flag is left out); overlap may be 0 only when set explicitly with a window. ``model`` is 'auto'
-    (chosen by device), 'default', 'fast' or a weights file. ``ensemble``: self-ensemble passes (1 = off). Never ``--quiet``: the panel follows the
-    progress lines and the ``cycleinr: model ... on ...`` line."""
+    (chosen by device), 'default', 'fast' or a weights file. ``ensemble``: self-ensemble passes (1 = off).
+    Never ``--quiet``: the panel follows the progress lines and the ``cycleinr: model ... on ...`` line."""
     if (thickness is None) == (factor is None):
         raise ValueError("give exactly one of thickness (mm) or factor")
     device = str(device).lower()

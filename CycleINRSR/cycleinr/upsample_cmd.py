@@ -112,8 +112,9 @@ def add_model_options(p) -> None:
                         "acquired slices, slightly higher PSNR on noisy CT)")
     p.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLE_SIZES, metavar="PASSES",
                    help="self-ensemble: average the network over 1 (default), 2, 4 or 8 flipped copies of the "
-                        "input (z, then x, then y flips); N times the time for a higher PSNR (fast model, held-out "
-                        "head CT: +0.1 to +0.25 dB with 2, +0.2 to +0.5 dB with 8)")
+                        "input (z, then x, then y flips); N times the time, for a higher PSNR with the fast model "
+                        "(held-out head CT: +0.1 to +0.25 dB with 2, +0.2 to +0.5 dB with 8; the paper-size model "
+                        "gains at x2-x3 but loses at x5, see the model card)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto (default): bfloat16 on CUDA, float32 on a CPU; bfloat16: also on a CPU (faster on "
                         "CPUs with bf16 matrix units, e.g. AMX; outputs change by ~0.1 HU on average)")
