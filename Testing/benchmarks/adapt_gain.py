@@ -38,6 +38,7 @@ from noise_dips import dip_ratio
 from scipy import ndimage
 
 from cycleinr import adapt
+from cycleinr.baselines import interpolate
 from cycleinr.data import Volume, sample_batch
 from cycleinr.degrade import simulate_thick
 from cycleinr.geometry import slices_at_scale, thin_slices_touched
@@ -130,7 +131,9 @@ def main():
         run = dict(target_spacing=sz, model=base, device=args.device, noise=args.noise, seed=args.seed)
         p0, d0 = score(hr, upsample(lr, spacing, **run).array, s)
         hr_dip = dip_ratio(snli(hr[:slices_at_scale(len(lr), s)]).sigmas, s)
-        print(f"x{s:g} | 0 | - | - | - | {p0:.2f} | - | {d0:.3f}  (HR's own dip ratio {hr_dip:.3f})", flush=True)
+        p_lin, d_lin = score(hr, interpolate(lr, spacing, target_spacing=sz).array, s)
+        print(f"x{s:g} | 0 | - | - | - | {p0:.2f} | - | {d0:.3f}  (HR's own dip ratio {hr_dip:.3f}; linear "
+              f"{p_lin:.2f} dB, dip {d_lin:.3f})", flush=True)
         for budget in args.budgets:
             if not args.no_adapt:
                 result = upsample(lr, spacing, **run, adapt=budget, degradation=args.degradation)

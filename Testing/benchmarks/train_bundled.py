@@ -45,7 +45,9 @@ def main():
     ap.add_argument("recipe", choices=RECIPES)
     ap.add_argument("output")
     ap.add_argument("--data", default="runs/data")
-    ap.add_argument("--chest", default="../shared/data/lung_dx_a0001_chest_ct_5mm.nrrd")
+    ap.add_argument("--chest", default="../shared/data/lung_dx_a0001_chest_ct_5mm.nrrd",
+                    help="chest CT whose in-plane axes are trained on; '' leaves it out (a head-only model, for "
+                    "which the chest is a scanner never seen)")
     ap.add_argument("--minutes", type=float, default=60)
     ap.add_argument("--epochs", type=int, default=100000, help="stop after this many epochs (or --minutes)")
     ap.add_argument("--threads", type=int, default=0)
@@ -71,7 +73,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     volumes = load_volumes([f"{args.data}/head_train.nrrd"], slice_axes=(0, 1, 2))
-    volumes += load_volumes([args.chest], slice_axes=(1, 2))
+    if args.chest:
+        volumes += load_volumes([args.chest], slice_axes=(1, 2))
     recipe = dict(RECIPES[args.recipe])
     if args.ablation:
         recipe["model_overrides"], recipe["cycle_weight"] = ABLATIONS[args.ablation]
@@ -82,7 +85,8 @@ def main():
         recipe["model_overrides"] = {**recipe.get("model_overrides", {}), "blend_band": args.blend_band}
     settings = TrainSettings(**recipe, epochs=args.epochs, checkpoint_every=5, max_minutes=args.minutes,
                              precision=args.precision)
-    info = {"data": "head CT slices 0-75 (axes z, y, x) + chest CT 5 mm (axes y, x)", "recipe": args.recipe, "ablation": args.ablation,
+    data = "head CT slices 0-75 (axes z, y, x)" + (" + chest CT 5 mm (axes y, x)" if args.chest else " only")
+    info = {"data": data, "recipe": args.recipe, "ablation": args.ablation,
             "hardware": f"CPU, {torch.get_num_threads()} threads"}
     if args.init:
         info["initialised_from"] = args.init
