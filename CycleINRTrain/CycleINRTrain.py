@@ -33,11 +33,14 @@ def core_candidates(here=None):
     * ``../qt-scripted-modules``: a Slicer install, an installed extension or an extension build tree,
       where this script lies in ``lib/Slicer-X.Y/cli-modules`` and the CycleINRSR module (with the
       ``cycleinr`` package next to it) in ``lib/Slicer-X.Y/qt-scripted-modules``;
+    * ``../../qt-scripted-modules``: a build tree of a multi-configuration generator (Visual Studio,
+      Xcode), where the script is copied to ``cli-modules/<Config>``;
     * ``../CycleINRSR``: the source checkout.
     """
     here = here or os.path.dirname(os.path.realpath(__file__))
     parent = os.path.dirname(here)
-    return [os.path.join(parent, "qt-scripted-modules"), os.path.join(parent, "CycleINRSR")]
+    return [os.path.join(parent, "qt-scripted-modules"), os.path.join(os.path.dirname(parent), "qt-scripted-modules"),
+            os.path.join(parent, "CycleINRSR")]
 
 
 def find_core(here=None):

@@ -78,11 +78,15 @@ def test_batch_runs_skips_and_continues_after_errors(tmp_path, study, weights, c
     (["{study}/a.nrrd", "{tmp}/a.nii.gz"], "several inputs would be written"),
     (["{study}", "--summary", "{tmp}/s.txt"], "not supported"),
     (["{study}", "--summary", "{tmp}/out/s.txt"], "ending in .csv"),
+    (["{study}", "-o", "{study}"], "is an input folder"),              # the next run would take them as inputs
+    (["{tmp}/a.nii.gz", "{tmp}/a_2mm.nrrd", "-o", "{tmp}"], "would replace the input {tmp}/a_2mm.nrrd"),
 ])
 def test_batch_command_errors_are_one_line_before_work(tmp_path, study, weights, capsys, monkeypatch, args, message):
     monkeypatch.setattr(batch, "process_one", lambda *a, **k: pytest.fail("work started"))
     (tmp_path / "empty").mkdir()
     write(tmp_path / "a.nii.gz", phantom((3, 6, 6)))
+    write(tmp_path / "a_2mm.nrrd", phantom((3, 6, 6)))
+    message = message.format(tmp=tmp_path)
     args = [a.format(study=study, empty=tmp_path / "empty", tmp=tmp_path) for a in args]
     if "-o" not in args:
         args += ["-o", str(tmp_path / "out")]

@@ -4,6 +4,7 @@ not at all, so a failure never replaces a good file."""
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -85,9 +86,15 @@ def test_bad_report_or_figure_fails_before_work_and_keeps_good_volume(tmp_path, 
     assert good.read_bytes() == b"previous good result"
 
 
-def test_output_may_not_be_the_input(src, weights, no_work, capsys):
+def test_output_may_not_be_the_input(src, weights, no_work, capsys, tmp_path):
     code = cli.main(["upsample", str(src), str(src), "--factor", "2", "--model", str(weights)])
     assert "is the input" in one_error_line(capsys, code)
+    link = tmp_path / "link.nrrd"                 # the same file through a link: refused too, input untouched
+    link.symlink_to(src)
+    before = src.read_bytes()
+    code = cli.main(["upsample", str(link), str(src), "--factor", "2", "--model", str(weights)])
+    assert "is the input" in one_error_line(capsys, code)
+    assert src.read_bytes() == before
 
 
 @pytest.mark.parametrize("args, message", [
@@ -110,6 +117,15 @@ def test_bad_options_fail_before_work(tmp_path, src, weights, no_work, capsys, a
         code = exc.code
     assert message in one_error_line(capsys, code)
     assert not (tmp_path / "o.nrrd").exists()
+
+
+def test_smallest_window_runs_with_the_overlap_it_allows(tmp_path, src, weights, capsys):
+    """``--window 2`` alone is allowed (its help says >= 2): the overlap not given becomes 1, not the
+    default 2 that no 2-slice window can have."""
+    out = tmp_path / "o.nrrd"
+    assert cli.main(["upsample", str(src), str(out), "--factor", "2", "--model", str(weights), "--quiet",
+                     "--window", "2"]) == 0
+    assert sitk.ReadImage(str(out)).GetSize()[2] == 7
 
 
 def test_failure_while_writing_leaves_every_target_untouched(tmp_path, src, weights, monkeypatch, capsys):
@@ -177,3 +193,53 @@ def test_no_warning_for_ct_in_trained_range(tmp_path, src, capsys):
     code = cli.main(["upsample", str(src), str(tmp_path / "o.nrrd"), "--factor", "2.5", "--model", "fast",
                      "--device", "cpu", "--quiet"])
     assert code == 0 and "cycleinr: warning" not in capsys.readouterr().err
+
+
+def test_k_finer_than_in_plane_is_said(tmp_path, capsys):
+    """Thick slices stored along I (5 mm) with K at 0.8 mm: upsampling K runs, with a warning that names the
+    axes; a target only the thick axis allows fails with the same hint."""
+    src = tmp_path / "sideways.nrrd"
+    image = sitk.GetImageFromArray(phantom((12, 12, 4)))
+    image.SetSpacing((5.0, 0.8, 0.8))
+    sitk.WriteImage(image, str(src))
+    code = cli.main(["upsample", str(src), str(tmp_path / "o.nrrd"), "--factor", "2", "--model", "fast",
+                     "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0 and "cycleinr: warning: the slices along K are 0.8 mm apart, finer than the in-plane" in err
+    code = cli.main(["upsample", str(src), str(tmp_path / "o2.nrrd"), "--thickness", "2.5", "--model", "fast"])
+    line = one_error_line(capsys, code)
+    assert "not smaller than the input's 0.8 mm" in line and "the thick axis seems to be I or J" in line
+
+
+@pytest.mark.parametrize("values, thickness, message", [
+    ((0.0, 1.0), 2.5, "span less than 20 HU: this is not CT in Hounsfield units"),        # normalised MR
+    ((-1000.0, 1000.0), 1e-4, "more than this machine's"),                                   # a typo: 0.0001 mm
+])
+def test_inputs_that_cannot_give_a_result_fail_before_work(tmp_path, capsys, monkeypatch, values, thickness,
+                                                            message):
+    monkeypatch.setattr(upsample_cmd, "upsample", lambda *a, **k: pytest.fail("work started"))
+    src = tmp_path / "in.nrrd"
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray(rng.uniform(*values, size=(4, 64, 64)).astype(np.float32))
+    image.SetSpacing((1.0, 1.0, 5.0))
+    sitk.WriteImage(image, str(src))
+    if sys.platform.startswith("linux"):
+        assert upsample_cmd.physical_memory() > 2**28       # the OS says how much memory there is
+    monkeypatch.setattr(upsample_cmd, "physical_memory", lambda: 2**30)   # 1 GiB: 150 000 slices of 64² do not fit
+    code = cli.main(["upsample", str(src), str(tmp_path / "o.nrrd"), "--thickness", str(thickness),
+                     "--model", "fast", "--device", "cpu"])
+    assert message in one_error_line(capsys, code)
+    assert not (tmp_path / "o.nrrd").exists()
+
+
+@pytest.mark.parametrize("failure", [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you "
+                                                                  "tried to allocate 367002648576 bytes"),
+                                     RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")])
+def test_out_of_memory_is_one_line_and_keeps_the_old_output(tmp_path, src, weights, monkeypatch, capsys, failure):
+    def exhausted(*args, **kwargs):
+        raise failure
+    monkeypatch.setattr(upsample_cmd, "upsample", exhausted)
+    out = tmp_path / "out.nrrd"
+    out.write_bytes(b"good volume")
+    code = cli.main(["upsample", str(src), str(out), "--factor", "2", "--model", str(weights), "--quiet"])
+    assert "out of memory" in one_error_line(capsys, code) and out.read_bytes() == b"good volume"

@@ -98,6 +98,26 @@ def test_too_thin_volume_and_unreadable_file(ct_file, tmp_path, capsys):
     assert {r["volume"] for r in rows} == {"phantom"}
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--scales", "0.5"], "every scale must be a number > 1"),
+    (["--window", "100", "-100"], "give LO < HI"),
+    (["--out", "{file}"], "is a file; give a folder"),
+])
+def test_option_mistakes_fail_before_work(ct_file, tmp_path, capsys, args, message):
+    (tmp_path / "file.txt").write_text("keep me")
+    args = [a.format(file=tmp_path / "file.txt") for a in args]
+    out = [] if "--out" in args else ["--out", tmp_path / "res"]
+    assert run_cli([ct_file, "--methods", "linear", "--no-lpips", *out, *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("evaluate: error:") and message in err[0], err
+    assert not (tmp_path / "res").exists() and (tmp_path / "file.txt").read_text() == "keep me"
+
+
+def test_nothing_readable_creates_no_output_folder(tmp_path, capsys):
+    assert run_cli([tmp_path / "missing.nrrd", "--methods", "linear", "--no-lpips", "--out", tmp_path / "res"]) == 1
+    assert "nothing could be evaluated" in capsys.readouterr().err and not (tmp_path / "res").exists()
+
+
 def test_unknown_method_and_missing_model_fail_before_work(ct_file, tmp_path, capsys):
     assert run_cli([ct_file, "--methods", "bicubic", "--out", tmp_path / "a", "--no-lpips"]) == 2
     assert "unknown method 'bicubic'" in capsys.readouterr().err

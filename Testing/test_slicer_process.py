@@ -575,6 +575,20 @@ def test_job_success_creates_tagged_node(scene, tiny_weights):
     assert job.describeModelUsed() == f"model {tiny_weights} on cpu"
     assert out.GetAttribute("CycleINR.Model") == tiny_weights == job.report["model"]
     assert np.isfinite(job.snli("input")) and np.isfinite(job.snli("output"))
+    assert job.warnings() == []                     # x2: inside the model's training scales
+
+
+def test_job_warnings_reach_the_panel(scene, tiny_weights):
+    """What the core warns about comes back with the result (the panel shows it), not only in the log."""
+    from CycleINRSRLib import upsampling
+
+    job = upsampling.UpsampleJob(add_volume(scene, shape=(3, 12, 14)),
+                                 upsampling.UpsampleSettings(0.5, model=tiny_weights, device="cpu"))
+    job.start()
+    assert job.wait(timeout=300) == job.SUCCEEDED, job.errorMessage
+    assert [w for w in job.warnings() if "x8 is outside the scales the model was trained on" in w]
+    job.report = {"warnings": [], "adaptation": {"kept": "original (adaptation did not lower the loss)"}}
+    assert job.warnings() == ["adaptation: used the original (adaptation did not lower the loss) weights"]
 
 
 def test_job_with_the_panels_default_model_choice(scene):
@@ -633,11 +647,22 @@ def test_job_validation(scene):
         (upsampling.UpsampleSettings(0.0), "> 0"),
         (upsampling.UpsampleSettings(1.0, model="/no/such.safetensors"), "not found"),
         (upsampling.UpsampleSettings(1.0, window=4, overlap=4), "overlap"),
+        (upsampling.UpsampleSettings(1.0, window=1, overlap=0), "at least 2 slices"),
+        (upsampling.UpsampleSettings(1.0, tile=7), "at least 8 pixels"),
     ]:
         with pytest.raises(ValueError, match=message):
             upsampling.UpsampleJob(node, settings).start()
     with pytest.raises(ValueError, match="Select an input"):
         upsampling.UpsampleJob(None, upsampling.UpsampleSettings(1.0)).start()
+
+
+def test_panel_size_limits_are_the_command_lines():
+    """Sizes at the command line's limits pass the panel's check (0 = automatic; an automatic overlap fits
+    the window: the command line's rule, tested in test_cli_outputs)."""
+    from CycleINRSRLib import upsampling
+
+    for window, overlap, tile in ((2, 0, 8), (2, 1, 0), (0, 5, 0), (0, 0, 0)):
+        assert upsampling.sizeProblem(window, overlap, tile) == "", (window, overlap, tile)
 
 
 def test_importing_the_slicer_helpers_does_not_load_torch():

@@ -71,3 +71,24 @@ def test_help_with_torch_still_comes_from_the_core():
                             cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "--training_folder" in result.stdout and "PyTorch is not installed" not in result.stdout
+
+
+def test_core_is_found_in_every_slicer_layout(tmp_path, monkeypatch):
+    """Where Slicer puts the script, the ``cycleinr`` package beside the CycleINRSR module is found: an
+    install or single-configuration build tree (``cli-modules``), a multi-configuration build tree
+    (``cli-modules/<Config>``: Visual Studio, Xcode) and the source checkout."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cycleinr_train_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(sys, "path", list(sys.path))       # find_core puts the folder first: undone after
+    lib = tmp_path / "lib" / "Slicer-5.10"
+    core = lib / "qt-scripted-modules"
+    (core / "cycleinr").mkdir(parents=True)
+    (core / "cycleinr" / "__init__.py").write_text("")
+    for here in (lib / "cli-modules", lib / "cli-modules" / "Release"):
+        here.mkdir(parents=True, exist_ok=True)
+        assert script.find_core(str(here)) == str(core)
+    assert script.find_core(str(ROOT / "CycleINRTrain")) == str(ROOT / "CycleINRSR")
+    assert script.find_core(str(tmp_path)) is None

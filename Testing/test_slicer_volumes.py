@@ -251,6 +251,36 @@ def test_result_file_with_wrong_geometry_adds_nothing(scene, tmp_path):
     assert scene.GetNumberOfNodes() == n
 
 
+@pytest.mark.parametrize("in_study", [True, False])
+def test_remove_volume_node_leaves_the_scene_as_it_was(scene, tmp_path, in_study):
+    """A result taken back out (a failure after it was loaded) leaves no display node, storage node or
+    subject-hierarchy item behind; a failure while it is being added removes it the same way."""
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    node, _ = make_volume(scene, "oblique")
+    if in_study:
+        sh.CreateItem(sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient"), "CT"), node)
+    data, g = volumes.arrayAndGeometryFromNode(node)
+    write_volume(tmp_path / "out.nrrd", linear_upsample(data, g.spacing, 1.0), g.with_slice_spacing(1.0))
+    before = [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+    items = sh.GetNumberOfItemChildren(sh.GetSceneItemID(), True)
+    out = volumes.addResultVolumeNode(node, str(tmp_path / "out.nrrd"), 1.0)
+    assert out.GetNumberOfDisplayNodes() >= 1 and scene.GetNumberOfNodes() > len(before)
+    volumes.removeVolumeNode(out)
+    assert [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())] == before
+    assert sh.GetNumberOfItemChildren(sh.GetSceneItemID(), True) == items and not sh.GetItemByDataNode(out)
+
+    def broken(inputNode, outputNode):
+        raise RuntimeError("display settings could not be copied")
+
+    original, volumes.copyDisplaySettings = volumes.copyDisplaySettings, broken
+    try:
+        with pytest.raises(RuntimeError, match="display settings"):
+            volumes.addResultVolumeNode(node, str(tmp_path / "out.nrrd"), 1.0)
+    finally:
+        volumes.copyDisplaySettings = original
+    assert [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())] == before
+
+
 def test_temporary_folder_cleanup():
     with volumes.TemporaryFolder() as tmp:
         Path(tmp.file("a.nrrd")).write_text("x")

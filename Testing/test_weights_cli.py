@@ -38,6 +38,15 @@ def test_weights_errors(tmp_path):
     path.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(WeightsError, match="do not match"):
         load_model(path)
+    for config, problem in ((None, "no configuration"), ({**meta["config"], "features": "abc"}, "features must be"),
+                            ({**meta["config"], "features": -3}, "features must be"),
+                            ({**meta["config"], "blend_band": None}, "not usable")):
+        path.with_suffix(".json").write_text(json.dumps({**meta, "config": config}))   # a hand-edited JSON
+        with pytest.raises(WeightsError, match=problem):
+            load_model(path)
+    path.with_suffix(".json").write_text("[]")
+    with pytest.raises(WeightsError, match="not a CycleINR weights file"):
+        load_model(path)
     path.with_suffix(".json").unlink()
     with pytest.raises(WeightsError, match="configuration"):
         load_tensors(path)

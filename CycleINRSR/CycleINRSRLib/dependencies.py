@@ -138,8 +138,21 @@ def offerPyTorchExtension(askConfirmation: bool = True) -> bool:
             "CycleINR needs PyTorch, which the PyTorch extension installs, and that extension is not installed. "
             "Install it now? Slicer has to restart afterwards; then click Apply again.", TITLE):
         return False
-    if not manager.installExtensionFromServer(PYTORCH_EXTENSION):  # asks to restart Slicer when it worked
+    if not askConfirmation:  # Slicer's extensions manager asks (install? restart?) itself
+        if not manager.installExtensionFromServer(PYTORCH_EXTENSION):
+            slicer.util.errorDisplay("Could not install the PyTorch extension. " + manual, windowTitle=TITLE)
+        return False
+    interactive = manager.interactive
+    manager.interactive = False  # the user said yes above: the manager would ask the same question again
+    try:
+        installed = manager.installExtensionFromServer(PYTORCH_EXTENSION, False)  # False: no restart yet
+    finally:
+        manager.interactive = interactive
+    if not installed:
         slicer.util.errorDisplay("Could not install the PyTorch extension. " + manual, windowTitle=TITLE)
+    elif slicer.util.confirmOkCancelDisplay("The PyTorch extension is installed. Restart Slicer now? "
+                                            "Then click Apply again.", TITLE):
+        slicer.util.restart()
     return False
 
 

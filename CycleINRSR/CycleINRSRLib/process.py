@@ -142,7 +142,7 @@ def buildUpsampleCommand(python: str, inputPath: str, outputPath: str, *, thickn
                          matchNoise: bool = True, ensemble: int = 1) -> list[str]:
     """Argument list of ``python -m cycleinr upsample``. Exactly one of ``thickness`` (target slice
     spacing, mm) or ``factor``. ``window``/``overlap``/``tile`` of None or 0 mean the core's default
-    (the flag is left out); overlap may be 0 only when set explicitly with a window. ``model`` is 'auto'
+    (the flag is left out: the panel's 0 is "automatic", so an overlap of 0 is not asked for). ``model`` is 'auto'
     (chosen by device), 'default', 'fast' or a weights file. ``ensemble``: self-ensemble passes (1 = off).
     Never ``--quiet``: the panel follows the progress lines and the ``cycleinr: model ... on ...`` line."""
     if (thickness is None) == (factor is None):

@@ -35,6 +35,18 @@ class UpsampleSettings:
     ensemble: int = 1            # self-ensemble passes over flipped copies, 1/2/4/8 (--ensemble)
 
 
+def sizeProblem(window: int, overlap: int, tile: int) -> str:
+    """Why the Advanced sizes cannot run, or '' (0 = the core's default): the command line's own limits,
+    checked before a process starts so that Apply is disabled instead of failing seconds later."""
+    if window and window < 2:
+        return "The window must be at least 2 slices (or 0: automatic)."
+    if tile and tile < 8:
+        return "The tile must be at least 8 pixels (or 0: automatic)."
+    if window and overlap and overlap >= window:   # an automatic overlap fits the window (the core's rule)
+        return f"The window overlap ({overlap}) must be smaller than the window ({window} slices)."
+    return ""
+
+
 def validateSettings(inputNode, settings: UpsampleSettings) -> None:
     """Raise ValueError with a message for the user if the run cannot start."""
     if inputNode is None or inputNode.GetImageData() is None:
@@ -52,8 +64,9 @@ def validateSettings(inputNode, settings: UpsampleSettings) -> None:
     if (settings.model != proc.AUTO_MODEL and settings.model not in proc.BUNDLED_MODELS
             and not os.path.isfile(str(settings.model))):
         raise ValueError(f"Model weights file not found: {settings.model}")
-    if settings.window and settings.overlap and settings.overlap >= settings.window:
-        raise ValueError("The window overlap must be smaller than the window.")
+    problem = sizeProblem(settings.window, settings.overlap, settings.tile)
+    if problem:
+        raise ValueError(problem)
     if not 0 <= float(settings.adaptSeconds) <= 24 * 3600:
         raise ValueError("The adaptation time must be between 0 (off) and 86400 s (24 h).")
 
@@ -259,8 +272,8 @@ class UpsampleJob:
             logging.exception("CycleINR: could not load the result")
             self.state = self.FAILED
             self.errorMessage = f"Could not load the result: {exc}"
-            if self.outputNode is not None and self.outputNode.GetScene() is not None:
-                self.outputNode.GetScene().RemoveNode(self.outputNode)
+            if self.outputNode is not None:
+                volumes.removeVolumeNode(self.outputNode)
             self.outputNode = None
         finally:
             if self._tmp is not None:
@@ -269,6 +282,16 @@ class UpsampleJob:
             logging.error("CycleINR failed: %s", self.errorMessage)
         if self.onFinished is not None:
             self.onFinished(self)
+
+    def warnings(self) -> list[str]:
+        """What the core warned about (data or a factor the model was not trained for; an adaptation that was
+        not kept), read from its report, so the panel shows it with the result and not only in the log."""
+        report = self.report or {}
+        found = [str(text) for text in report.get("warnings") or []]
+        kept = str((report.get("adaptation") or {}).get("kept", "adapted"))
+        if kept != "adapted":
+            found.append(f"adaptation: used the {kept} weights")
+        return found
 
     def snli(self, which: str) -> float | None:
         """SNLI of the 'input' or 'output' from the report, if available."""

@@ -111,13 +111,35 @@ def _addVolumeNodeLike(inputNode, outputNode, name: str):
         raise ValueError("the input volume is not in a scene")
     outputNode.SetName(name)
     scene.AddNode(outputNode)
-    transformId = inputNode.GetTransformNodeID()
-    if transformId:
-        outputNode.SetAndObserveTransformNodeID(transformId)
-    outputNode.CreateDefaultDisplayNodes()
-    copyDisplaySettings(inputNode, outputNode)
-    placeNextToInSubjectHierarchy(inputNode, outputNode)
+    try:
+        transformId = inputNode.GetTransformNodeID()
+        if transformId:
+            outputNode.SetAndObserveTransformNodeID(transformId)
+        outputNode.CreateDefaultDisplayNodes()
+        copyDisplaySettings(inputNode, outputNode)
+        placeNextToInSubjectHierarchy(inputNode, outputNode)
+    except Exception:
+        removeVolumeNode(outputNode)          # a failed result adds nothing, not half a node
+        raise
     return outputNode
+
+
+def removeVolumeNode(node) -> None:
+    """Take a volume node out of its scene with the display and storage nodes made for it, which
+    ``vtkMRMLScene.RemoveNode`` leaves behind, and its subject-hierarchy item."""
+    scene = node.GetScene()
+    if scene is None:
+        return
+    owned = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    owned += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    item = shNode.GetItemByDataNode(node) if shNode is not None else 0
+    if item:
+        shNode.RemoveItem(item, False, False)     # the item only: the node is removed below
+    scene.RemoveNode(node)
+    for other in owned:
+        if other is not None and other.GetScene() is scene:
+            scene.RemoveNode(other)
 
 
 def placeNextToInSubjectHierarchy(inputNode, outputNode) -> None:

@@ -25,7 +25,8 @@ def add_options(p) -> None:
     p.add_argument("--degradation", default="interval", choices=["interval", "slab"],
                    help="with --adapt: the thick slices' profile, interval (point samples, the default) or slab "
                         "(slices as thick as their spacing)")
-    p.add_argument("--adapt-seed", type=int, default=0, metavar="N", help="with --adapt: random seed (default 0)")
+    p.add_argument("--adapt-seed", type=int, default=0, metavar="N", help="with --adapt: random seed of the adaptation and of the added noise "
+                   "(noise matching) (default 0)")
 
 
 def check_options(args, model_source: str | None = None, outputs: dict | None = None) -> Path | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import datetime
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from .outputs import CSV_FORMATS, VOLUME_FORMATS, OutputError, Staged, check_out
 from .upsample_cmd import (
     add_model_options,
     add_size_options,
+    check_input,
     check_options,
     input_warnings,
     prepare_model,
@@ -84,6 +86,25 @@ def find_inputs(paths) -> list[Path]:
                                  "no DICOM series (directly or one level down)")
             found.extend(inside)
     return found
+
+
+def real(path) -> Path:
+    """The file a path names, links resolved: two spellings of one file compare equal."""
+    return Path(os.path.realpath(path))
+
+
+def check_not_inputs(outdir: Path, given, inputs: list[Path], outputs: list[Path]) -> None:
+    """Outputs never replace an input, and never land in an input folder, where the next run would take
+    them for inputs (and upsample them again)."""
+    folders = {real(g) for g in given if Path(g).is_dir() and not is_dicom_folder(Path(g))}
+    if real(outdir) in folders:
+        raise OutputError(f"--out {outdir} is an input folder: the results would be read as inputs by the next "
+                          "run, and could replace input files; write them to another folder")
+    sources = {real(i): i for i in inputs}
+    for out in outputs:
+        if real(out) in sources:
+            raise OutputError(f"the output {out} would replace the input {sources[real(out)]}; write the "
+                              "results to another folder (--out)")
 
 
 def volume_name(path: Path) -> str:
@@ -146,7 +167,8 @@ def process_one(path: Path, out: Path, args, net, device, chosen: str, progress)
     """Upsample one volume into ``out``; returns its summary row (raises on failure)."""
     volume, geometry, _ = read_volume(path)
     target = resolve_target_spacing(geometry.slice_spacing, args.thickness, args.factor)
-    warnings = input_warnings(volume, geometry.slice_spacing / target, net, chosen)
+    check_input(volume, geometry, target, chosen)
+    warnings = input_warnings(volume, geometry.slice_spacing / target, net, chosen, geometry.spacing)
     done = upsample_volume(volume, geometry, target, net, device, args, progress)
     array = done["array"]
     with Staged() as staged:
@@ -182,6 +204,7 @@ def run(args) -> int:
     dupes = {o for o in outputs if outputs.count(o) > 1}
     if dupes:
         raise ValueError(f"several inputs would be written to {sorted(dupes)[0]}; rename them or run them separately")
+    check_not_inputs(outdir, args.inputs, inputs, outputs)
     if env.active:
         args.device = str(resolve_device(args.device, env))
     device, net, chosen = prepare_model(args)

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Python's MemoryError, torch's CPU allocator failure or CUDA's out-of-memory error."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
 def main(argv=None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     if words and words[0] in PASSIVE_COMMANDS:
@@ -67,6 +73,13 @@ def main(argv=None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as exc:
         print(f"cycleinr: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:
+        if not out_of_memory(exc):
+            raise
+        detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+        print(f"cycleinr: error: out of memory ({detail}); choose a thicker target, "
+              "a smaller --tile or --window, or --device cpu on a small GPU; nothing was written", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Cancelled):
         print("cycleinr: cancelled; nothing was written", file=sys.stderr)

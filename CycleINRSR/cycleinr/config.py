@@ -29,6 +29,13 @@ class ModelConfig:
     intensity_scale: float = 1000.0  # HU / 1000: air -1, water 0, dense bone ~2
 
     def __post_init__(self):
+        for name in ("encoder_blocks", "convs_per_block", "features", "code_length", "decoder_layers",
+                     "decoder_width", "skip_layer"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if isinstance(self.window_margin, bool) or not isinstance(self.window_margin, int):
+            raise ValueError(f"window_margin must be a whole number, got {self.window_margin!r}")
         if self.neighbours not in (0, 27):
             raise ValueError("neighbours must be 27 (3x3x3 local attention) or 0 (plain trilinear sampling)")
         if self.residual not in ("linear", "none"):

@@ -24,6 +24,7 @@ from . import baselines, metrics
 from .degrade import MODES, simulate_thick
 from .geometry import slices_at_scale
 from .noise import NOISE_MODES, generated_mask
+from .outputs import Staged
 from .volume_io import VolumeError, read_volume
 
 MODEL_METHOD = "cycleinr"
@@ -413,10 +414,24 @@ def load_lpips_models(device: str, nets=LPIPS_NETS) -> tuple[dict, list[str]]:
     return models, notes
 
 
+def check_arguments(args) -> None:
+    """Option mistakes, found before any model is loaded or volume read (ValueError: one line, exit 2)."""
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a folder for results.csv, results.md and figures/")
+    bad = [s for s in args.scales if not (math.isfinite(s) and s > 1)]
+    if bad:
+        raise ValueError(f"--scales: every scale must be a number > 1 (thick / thin spacing), got {bad[0]:g}")
+    lo, hi = args.window
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"--window {lo:g} {hi:g}: give LO < HI in HU (e.g. --window -1024 2048)")
+
+
 def run(args) -> int:
     out_dir = Path(args.out)
     extra = list(args.extra_model or [])
     try:
+        check_arguments(args)
         methods = make_methods(args.methods, args.model, extra, args.device, args.noise)
         for fn in methods.values():
             if isinstance(fn, ModelMethod):
@@ -428,7 +443,6 @@ def run(args) -> int:
     lpips_models, notes = load_lpips_models(args.device, () if args.no_lpips else tuple(args.lpips))
     for note in notes:
         print(f"evaluate: note: {note}", file=sys.stderr)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     errors, rows, volumes, taken = 0, [], [], set()
     for path in args.hr:
@@ -448,7 +462,8 @@ def run(args) -> int:
                 continue
             volumes.append((name, array, geometry, scale))
     progress = Progress(len(volumes) * len(methods))
-    if volumes:
+    if volumes:                             # the folder is made only when there is something to put in it
+        out_dir.mkdir(parents=True, exist_ok=True)
         progress.show("starting")
     for name, array, geometry, scale in volumes:
         try:
@@ -478,8 +493,11 @@ def run(args) -> int:
             "*new* = newly generated slices only; SNLI in HU (the HR row is the reference's own); "
             "Dice/NSD (1 mm) of threshold masks: bone > 300 HU, soft tissue -100..300 HU. Means over volumes.",
             "", *[f"- {n}" for n in notes]]
-    write_csv(out_dir / "results.csv", rows)
-    (out_dir / "results.md").write_text(markdown_table(rows, info) + "\n", encoding="utf-8")
+    table = markdown_table(rows, info) + "\n"
+    with Staged() as staged:                # both tables or neither: never a half-written results file
+        staged.write(out_dir / "results.csv", lambda tmp: write_csv(Path(tmp), rows), ".csv")
+        staged.write(out_dir / "results.md", lambda tmp: Path(tmp).write_text(table, encoding="utf-8"), ".md")
+        staged.commit()
     print(f"evaluate: wrote {out_dir / 'results.csv'} and {out_dir / 'results.md'} ({len(rows)} rows)", file=sys.stderr)
     return 1 if errors else 0
 

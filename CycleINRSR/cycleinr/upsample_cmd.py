@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import adapt_cli
-from .geometry import resolve_target_spacing
+from .geometry import output_slice_count, resolve_target_spacing
 from .inference import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
@@ -101,8 +102,9 @@ def add_model_options(p) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     p.add_argument("--window", type=int_at_least(2), metavar="LR_SLICES",
                    help=f"input slices per window, >= 2 (default: sized for the device, {DEFAULT_WINDOW} on CPU for the paper-size model, 84 for the fast one)")
-    p.add_argument("--overlap", type=int_at_least(0), default=DEFAULT_OVERLAP, metavar="LR_SLICES",
-                   help=f"slices shared by neighbouring windows, 0 .. window-1 (default {DEFAULT_OVERLAP})")
+    p.add_argument("--overlap", type=int_at_least(0), metavar="LR_SLICES",
+                   help=f"slices shared by neighbouring windows, 0 .. window-1 (default {DEFAULT_OVERLAP}, or "
+                        "window-1 for a smaller --window)")
     p.add_argument("--tile", type=int_at_least(8), metavar="PIXELS",
                    help=f"in-plane tile size, >= 8 (default: {DEFAULT_TILE['cpu']} on CPU, sized for the GPU on CUDA)")
     p.add_argument("--noise", default="match", choices=NOISE_MODES,
@@ -122,6 +124,9 @@ def add_model_options(p) -> None:
 
 
 def check_options(args) -> None:
+    """Window and overlap that fit together; an overlap not given fits the window (``--window 2``: 1)."""
+    if args.overlap is None:
+        args.overlap = DEFAULT_OVERLAP if args.window is None else min(DEFAULT_OVERLAP, args.window - 1)
     if args.window is not None and args.overlap >= args.window:
         raise ValueError(f"--overlap {args.overlap} must be smaller than --window {args.window}")
 
@@ -137,8 +142,38 @@ def prepare_model(args):
     return device, net, chosen
 
 
-def input_warnings(volume: np.ndarray, factor: float, net, model_spec: str) -> list[str]:
-    """What the model was not trained for: scales outside its training range, data that is not CT in HU."""
+BYTES_PER_OUTPUT_VOXEL = 12    # the float32 output, its noise-matched copy and the written cast, at once
+MIN_HU_RANGE = 20              # even a flat CT region spans more through its noise; normalised MR (0-1, z-scores) less
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes where the OS says (POSIX), else None."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_input(volume: np.ndarray, geometry, target: float, model_spec: str) -> None:
+    """Refuse, before any work, what cannot give a usable result: an output larger than this machine's
+    memory (a typo such as 0.001 mm), or data nowhere near HU for the bundled CT models (e.g. 0-1)."""
+    n_out = output_slice_count(volume.shape[0], geometry.slice_spacing, target)
+    need, have = n_out * volume.shape[1] * volume.shape[2] * BYTES_PER_OUTPUT_VOXEL, physical_memory()
+    if have is not None and need > have:
+        raise ValueError(f"a {target:g} mm target gives {n_out} slices of {volume.shape[2]} x {volume.shape[1]}, "
+                         f"about {need / 2**30:.1f} GiB of memory, more than this machine's {have / 2**30:.1f} GiB; "
+                         "choose a thicker target (or a smaller --factor)")
+    if str(model_spec).split(" ")[0] in BUNDLED:
+        low, high = float(volume.min()), float(volume.max())
+        if high - low < MIN_HU_RANGE:
+            raise ValueError(f"intensities {low:g}..{high:g} span less than {MIN_HU_RANGE} HU: this is not CT in "
+                             "Hounsfield units, and the bundled CT models would change it by more than its range; "
+                             "rescale it to HU, or upsample with a model trained on such data (cycleinr train)")
+
+
+def input_warnings(volume: np.ndarray, factor: float, net, model_spec: str, spacing=None) -> list[str]:
+    """What the model was not trained for: scales outside its training range, data that is not CT in HU,
+    a slice axis K that is not the coarse one (``spacing``: ITK x, y, z in mm)."""
     settings = (getattr(net, "meta", {}) or {}).get("training", {}).get("settings", {})
     lo, hi = float(settings.get("scale_min", 2.0)), float(settings.get("scale_max", 6.0))
     found = []
@@ -151,7 +186,18 @@ def input_warnings(volume: np.ndarray, factor: float, net, model_spec: str) -> l
             found.append(f"intensities {low:g}..{high:g} do not look like CT in Hounsfield units (no air near "
                          "-1000 HU); the bundled models were trained on CT in HU only, so results on MR or "
                          "unscaled CT are not validated")
+    if spacing is not None and coarse_axis_note(spacing):
+        found.append(coarse_axis_note(spacing))
     return found
+
+
+def coarse_axis_note(spacing) -> str:
+    """Why K may be the wrong axis ('' if it is the coarse one): ``spacing`` is ITK (x, y, z) in mm."""
+    if spacing[2] >= max(spacing[:2]) * (1 - 1e-6):
+        return ""
+    return (f"the slices along K are {spacing[2]:g} mm apart, finer than the in-plane pixels ({spacing[0]:g} x "
+            f"{spacing[1]:g} mm): the thick axis seems to be I or J, but CycleINR upsamples along K only; "
+            "reorient the volume so that its thick slices are along K")
 
 
 def upsample_volume(volume, geometry, target: float, net, device, args, progress=None, adapt=None) -> dict:
@@ -188,8 +234,13 @@ def run(args) -> int:
     adapt_path = adapt_cli.check_options(args, getattr(net, "source", None),
                                          {"output": out, "--report": report_path, "--figure": figure_path})
     volume, geometry, _ = read_volume(args.input)
-    target = resolve_target_spacing(geometry.slice_spacing, args.thickness, args.factor)
-    warnings = input_warnings(volume, geometry.slice_spacing / target, net, chosen)
+    try:
+        target = resolve_target_spacing(geometry.slice_spacing, args.thickness, args.factor)
+    except ValueError as exc:
+        note = coarse_axis_note(geometry.spacing)
+        raise ValueError(f"{exc}; {note}" if note else str(exc)) from None
+    check_input(volume, geometry, target, chosen)
+    warnings = input_warnings(volume, geometry.slice_spacing / target, net, chosen, geometry.spacing)
     say = (lambda text: None) if args.quiet else (lambda text: print(f"cycleinr: {text}", file=sys.stderr, flush=True))
     say(f"model {chosen} on {device}")
     for text in warnings:

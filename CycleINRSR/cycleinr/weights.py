@@ -150,9 +150,14 @@ def load_model(spec: str | os.PathLike = "default", device: str | torch.device =
     from .config import ModelConfig
     from .model import CycleINR
 
-    if meta.get("format") != FORMAT or "config" not in meta:
-        raise WeightsError(f"{path}: not a CycleINR weights file (format {meta.get('format')!r})")
-    model = CycleINR(ModelConfig.from_dict(meta["config"]))
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("config"), dict):
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise WeightsError(f"{path}: not a CycleINR weights file (format {found!r}, or no configuration)")
+    try:
+        model = CycleINR(ModelConfig.from_dict(meta["config"]))
+    except (TypeError, ValueError, RuntimeError) as exc:     # a hand-edited or damaged JSON
+        raise WeightsError(f"{path}: its JSON configuration is not usable ({exc}); use the JSON written "
+                           "with these weights") from None
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
