@@ -336,3 +336,26 @@ def test_kernel_jitter_softens_about_half_the_patches_and_input_and_target_alike
     assert np.all(plain.hr.std(axis=(1, 2, 3)) * 1000 > 85)
     with pytest.raises(ValueError, match="blur_max"):
         TrainSettings(blur_max=-1)
+
+
+def test_data_in_other_units_trains_at_ct_scale(tmp_path):
+    """A 0-1 image (normalised MR): the model's intensity offset and scale map its range onto CT's
+    normalised -1..2, so training pairs, augmentation noise and the tissue test see CT-like numbers, and
+    the written model upsamples in the data's own units. CT keeps HU / 1000."""
+    assert train_module.intensity_normalisation(VOLUMES) == {}
+    mr = [Volume(((phantom((20, 24, 24), seed=1).astype(np.float32) + 1024) / 4096), "mr", (0, 1))]
+    units = train_module.intensity_normalisation(mr)
+    lo, hi = np.percentile(mr[0].array, [0.5, 99.5])
+    normalised = (np.array([lo, hi]) - units["intensity_offset"]) / units["intensity_scale"]
+    np.testing.assert_allclose(normalised, [-1, 2], atol=0.1)      # percentiles of a subsample
+    batch = sample_batch(np.random.default_rng(0), mr, 4, 3, 12, noise_hu=10.0,
+                         offset=units["intensity_offset"], scale_hu=units["intensity_scale"])
+    assert -1.3 < batch.hr.min() and batch.hr.max() < 2.3          # with HU / 1000 it would be -0.001..0
+    out = tmp_path / "mr.safetensors"
+    train(mr, settings(epochs=1), out, device="cpu")
+    model = load_model(out)
+    assert model.config.intensity_scale == pytest.approx(units["intensity_scale"])
+    from cycleinr import upsample
+    result = upsample(mr[0].array[::2], (1, 1, 2), factor=2, model=model, noise="none").array
+    assert result.min() >= mr[0].array.min() - 1e-6 and result.max() <= mr[0].array.max() + 1e-6
+    np.testing.assert_allclose(result[::2], mr[0].array[::2][: len(result[::2])], atol=0.05)

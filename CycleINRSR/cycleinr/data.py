@@ -76,11 +76,13 @@ def draw_scale(rng: np.random.Generator, lo: float = 2.0, hi: float = 6.0) -> fl
     return round(lo + rng.integers(0, steps + 1) / 10, 1)
 
 
-def _augment(rng, block: np.ndarray, noise_hu: float, blur_max: float = 0.0) -> np.ndarray:
+def _augment(rng, block: np.ndarray, noise_hu: float, blur_max: float = 0.0, units: float = 1.0) -> np.ndarray:
     """In-plane flips and quarter turns, intensity jitter, added noise and, with ``blur_max`` > 0, a softer
     kernel for half the blocks (an isotropic Gaussian of sigma U(0, blur_max) voxels over the block, noise
     included, as a soft reconstruction kernel smooths both). All before degradation, so the LR input and
-    the HR target share it, as in a real scan. Without ``blur_max`` the random stream is as before."""
+    the HR target share it, as in a real scan. Without ``blur_max`` the random stream is as before.
+    ``units``: data units per HU (1 for CT; the model's intensity scale / 1000 for other data), so shift
+    and noise are the same fraction of the data's range as on CT."""
     if rng.random() < 0.5:
         block = block[:, ::-1]
     if rng.random() < 0.5:
@@ -89,10 +91,10 @@ def _augment(rng, block: np.ndarray, noise_hu: float, blur_max: float = 0.0) -> 
     if block.shape[1] != block.shape[2]:
         turns = 2 * (turns % 2)              # rectangular patches keep their shape: half turns only
     block = np.rot90(block, k=turns, axes=(1, 2))
-    gain, shift = 1 + rng.uniform(-0.05, 0.05), rng.uniform(-20, 20)
+    gain, shift = 1 + rng.uniform(-0.05, 0.05), rng.uniform(-20, 20) * units
     block = block * gain + shift
     if noise_hu > 0:
-        block = block + rng.normal(0, rng.uniform(0, noise_hu), size=block.shape).astype(np.float32)
+        block = block + rng.normal(0, rng.uniform(0, noise_hu) * units, size=block.shape).astype(np.float32)
     if blur_max > 0 and rng.random() < 0.5:
         block = ndimage.gaussian_filter(np.asarray(block, dtype=np.float32), rng.uniform(0, blur_max), mode="nearest")
     return np.ascontiguousarray(block, dtype=np.float32)
@@ -104,8 +106,10 @@ def sample_batch(rng: np.random.Generator, volumes: list[Volume], batch_size: in
                  offset: float = 0.0, scale_hu: float = 1000.0, min_tissue: float = 0.25,
                  blur_max: float = 0.0) -> Batch:
     """A batch of LR/HR pairs sharing one scale (so their shapes match). Patch positions are redrawn
-    (up to 10 times) until at least ``min_tissue`` of the block is denser than -500 HU. ``patch`` is the
-    in-plane size, square or (height, width) (per-scan adaptation: a thick axis with few slices)."""
+    (up to 10 times) until at least ``min_tissue`` of the block is denser than -500 HU (normalised -0.5:
+    the same fraction of the range for data in other units). ``patch`` is the in-plane size, square or
+    (height, width) (per-scan adaptation: a thick axis with few slices)."""
+    units, tissue = scale_hu / 1000.0, offset - 0.5 * scale_hu          # CT: 1 and -500 HU
     ph, pw = (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[1]))
     scale = draw_scale(rng, *scale_range)
     span = slices_at_scale(lr_slices, scale)             # HR targets: first to last LR slice
@@ -125,11 +129,11 @@ def sample_batch(rng: np.random.Generator, volumes: list[Volume], batch_size: in
         for _ in range(10):                      # prefer patches with tissue: air teaches nothing
             z0 = int(rng.integers(0, n - need + 1))
             y0, x0 = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
-            if (arr[z0:z0 + need:2, y0:y0 + ph:2, x0:x0 + pw:2] > -500).mean() >= min_tissue:
+            if (arr[z0:z0 + need:2, y0:y0 + ph:2, x0:x0 + pw:2] > tissue).mean() >= min_tissue:
                 break
         lo, hi = max(z0 - pad, 0), min(z0 + need + pad, n)
         block = arr[lo:hi, y0:y0 + ph, x0:x0 + pw]
-        block = _augment(rng, block, noise_hu, blur_max) if augment else np.ascontiguousarray(block, dtype=np.float32)
+        block = _augment(rng, block, noise_hu, blur_max, units) if augment else np.ascontiguousarray(block, dtype=np.float32)
         first = z0 - lo
         pos = lr_positions(block.shape[0], scale, first)[:lr_slices]
         lrs.append(degrade_block(block, pos, scale, mode, rng))

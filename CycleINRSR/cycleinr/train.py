@@ -270,6 +270,21 @@ def _restore(snapshot, model, opt, rng) -> None:
     torch.set_rng_state(snapshot[3])
 
 
+def intensity_normalisation(volumes: list[Volume]) -> dict:
+    """{} for CT in HU (air near -1000: the presets' HU / 1000). Else (MR, 0-1 images) the model's
+    ``intensity_offset`` and ``intensity_scale`` that map the data's 0.5-99.5th percentiles onto CT's
+    normalised air-to-bone range, -1 .. 2, so the network, its augmentation and its tissue test see the
+    same numbers as on CT; the JSON keeps them and inference uses them."""
+    sample = np.concatenate([np.asarray(v.array).ravel()[::97] for v in volumes]).astype(np.float64)
+    if sample.min() <= -200:
+        return {}
+    lo, hi = np.percentile(sample, [0.5, 99.5])
+    if not hi > lo:
+        raise ValueError("the training volumes are (nearly) constant: there is nothing to learn")
+    scale = (hi - lo) / 3.0
+    return {"intensity_offset": float(lo + scale), "intensity_scale": float(scale)}
+
+
 def train(volumes: list[Volume], settings: TrainSettings, output: str | Path, validation: list[np.ndarray] = (),
           resume: str | Path | None = None, device="auto", log: Callable[[dict], None] | None = None,
           cancel=None, stop_after_epoch: int | None = None, info: dict | None = None,
@@ -294,14 +309,16 @@ def train(volumes: list[Volume], settings: TrainSettings, output: str | Path, va
     dev = select_device(device)
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    config = preset(settings.preset, **settings.model_overrides)
+    units = intensity_normalisation(volumes)
+    config = preset(settings.preset, **{**units, **settings.model_overrides})
     start = None
     if init and not resume:
         from .weights import load_model
         start = load_model(init)
-        if _keep_measured_margin(config, start.config) is not start.config:
+        saved = replace(start.config, **units)          # a CT model fine-tuned on MR takes the MR's units
+        if _keep_measured_margin(config, saved) is not saved:
             raise ValueError(f"{init}: its configuration differs from the training preset's; fine-tuning needs the same")
-        config = start.config
+        config = saved
     elif resume:                   # a fine-tuned run's checkpoint holds its init's margin
         config = _keep_measured_margin(config, _checkpoint_config(resume))
     model = CycleINR(config).to(dev)
