@@ -39,8 +39,9 @@ def noise_sigma_per_slice(volume: np.ndarray) -> np.ndarray:
     """Per axial slice, the Donoho-Johnstone robust noise sigma, in the volume's intensity units (HU).
 
     Uses ``skimage.restoration.estimate_sigma`` (median |diagonal detail| / 0.6745 of a one-level
-    Daubechies-2 wavelet transform; exactly-zero coefficients, e.g. constant padding, are ignored), as the
-    paper's reference [10]. A slice with no non-zero detail (constant) has sigma 0. Returns float64, (z,).
+    Daubechies-2 wavelet transform; exactly-zero coefficients, e.g. zero padding, are ignored, but padding
+    at another constant such as -1024 HU counts and lowers sigma by a near-constant factor: model card,
+    Limitations), as the paper's reference [10]. A slice with no non-zero detail (constant) has sigma 0. Returns float64, (z,).
     """
     volume = np.asarray(volume)
     if volume.ndim != 3:
