@@ -67,6 +67,8 @@ def main():
                     help="bfloat16: mixed precision (2.5x faster on this CPU's AMX units for the paper preset)")
     ap.add_argument("--blur-max", type=float, help="kernel jitter: blur half the patches up to this Gaussian "
                     "sigma in voxels (TrainSettings.blur_max; off by default)")
+    ap.add_argument("--noise-hu", type=float, help="dose jitter: add white noise of sigma up to this many HU to "
+                    "every patch (TrainSettings.noise_hu; the recipe's 10 by default)")
     ap.add_argument("--ablation", choices=ABLATIONS, help="train an ablation variant of the recipe")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)     # kill = interrupt: checkpoint first
@@ -80,7 +82,8 @@ def main():
     if args.ablation:
         recipe["model_overrides"], recipe["cycle_weight"] = ABLATIONS[args.ablation]
     overrides = {"halve_every": "halve_every", "lr": "learning_rate", "batch": "batch_size", "patch": "patch",
-                 "iterations": "iterations_per_epoch", "lr_slices": "lr_slices", "blur_max": "blur_max"}
+                 "iterations": "iterations_per_epoch", "lr_slices": "lr_slices", "blur_max": "blur_max",
+                 "noise_hu": "noise_hu"}
     recipe.update({key: getattr(args, option) for option, key in overrides.items() if getattr(args, option)})
     if args.blend_band:
         recipe["model_overrides"] = {**recipe.get("model_overrides", {}), "blend_band": args.blend_band}
