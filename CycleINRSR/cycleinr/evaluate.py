@@ -398,6 +398,19 @@ def noise_figure(path: Path, detail: dict, spacing, scale: float, rows: list[dic
     return path
 
 
+def write_figures(folder: Path, name: str, detail: dict, spacing, scale: float, rows, args) -> None:
+    """The views and noise figures of one volume at one scale; an old figure is replaced only by a
+    complete new one."""
+    stem = f"{name}_x{scale:g}"
+    with Staged() as staged:
+        staged.write(folder / f"{stem}_views.png", lambda tmp: views_figure(
+            tmp, detail, spacing, scale, rows, title=f"{name}, x{scale:g} ({args.degradation})",
+            display=tuple(args.display_window)), ".png")
+        staged.write(folder / f"{stem}_noise.png", lambda tmp: noise_figure(
+            tmp, detail, spacing, scale, rows, title=f"{name}, x{scale:g}: per-slice noise sigma"), ".png")
+        staged.commit()
+
+
 def load_lpips_models(device: str, nets=LPIPS_NETS) -> tuple[dict, list[str]]:
     """Available LPIPS networks and one-line notes for the unavailable ones (never downloads)."""
     if not nets:
@@ -478,11 +491,7 @@ def run(args) -> int:
         if not args.no_figures:
             folder = out_dir / "figures"
             folder.mkdir(exist_ok=True)
-            stem = f"{name}_x{scale:g}"
-            views_figure(folder / f"{stem}_views.png", detail, geometry.spacing, scale, new_rows,
-                         title=f"{name}, x{scale:g} ({args.degradation})", display=tuple(args.display_window))
-            noise_figure(folder / f"{stem}_noise.png", detail, geometry.spacing, scale, new_rows,
-                         title=f"{name}, x{scale:g}: per-slice noise sigma")
+            write_figures(folder, name, detail, geometry.spacing, scale, new_rows, args)
     progress.close()
     if not rows:
         print("evaluate: error: nothing could be evaluated", file=sys.stderr)
