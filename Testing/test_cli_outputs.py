@@ -120,8 +120,8 @@ def test_bad_options_fail_before_work(tmp_path, src, weights, no_work, capsys, a
 
 
 def test_smallest_window_runs_with_the_overlap_it_allows(tmp_path, src, weights, capsys):
-    """``--window 2`` alone is allowed (its help says >= 2): the overlap not given becomes 1, not the
-    default 2 that no 2-slice window can have."""
+    """``--window 2`` alone is allowed (its help says >= 2): the default overlap, not given, is fitted to
+    the 2-slice window by inference instead of being refused."""
     out = tmp_path / "o.nrrd"
     assert cli.main(["upsample", str(src), str(out), "--factor", "2", "--model", str(weights), "--quiet",
                      "--window", "2"]) == 0
@@ -243,3 +243,15 @@ def test_out_of_memory_is_one_line_and_keeps_the_old_output(tmp_path, src, weigh
     out.write_bytes(b"good volume")
     code = cli.main(["upsample", str(src), str(out), "--factor", "2", "--model", str(weights), "--quiet"])
     assert "out of memory" in one_error_line(capsys, code) and out.read_bytes() == b"good volume"
+
+
+def test_cancel_is_not_taken_for_out_of_memory(tmp_path, src, weights, monkeypatch, capsys):
+    """Cancelled is a RuntimeError: it still ends as a cancel (exit 130), not as an escaped traceback."""
+    from cycleinr.inference import Cancelled
+
+    def cancelled(*args, **kwargs):
+        raise Cancelled("upsampling cancelled")
+    monkeypatch.setattr(upsample_cmd, "upsample", cancelled)
+    code = cli.main(["upsample", str(src), str(tmp_path / "o.nrrd"), "--factor", "2", "--model", str(weights),
+                     "--quiet"])
+    assert code == 130 and "cancelled" in capsys.readouterr().err and not (tmp_path / "o.nrrd").exists()

@@ -343,6 +343,8 @@ def test_data_in_other_units_trains_at_ct_scale(tmp_path):
     normalised -1..2, so training pairs, augmentation noise and the tissue test see CT-like numbers, and
     the written model upsamples in the data's own units. CT keeps HU / 1000."""
     assert train_module.intensity_normalisation(VOLUMES) == {}
+    air_free = [Volume(np.clip(VOLUMES[0].array, -150, None), "CT crop without air")]   # still HU: 100+ units
+    assert train_module.intensity_normalisation(air_free) == {}
     mr = [Volume(((phantom((20, 24, 24), seed=1).astype(np.float32) + 1024) / 4096), "mr", (0, 1))]
     units = train_module.intensity_normalisation(mr)
     lo, hi = np.percentile(mr[0].array, [0.5, 99.5])
@@ -350,7 +352,8 @@ def test_data_in_other_units_trains_at_ct_scale(tmp_path):
     np.testing.assert_allclose(normalised, [-1, 2], atol=0.1)      # percentiles of a subsample
     batch = sample_batch(np.random.default_rng(0), mr, 4, 3, 12, noise_hu=10.0,
                          offset=units["intensity_offset"], scale_hu=units["intensity_scale"])
-    assert -1.3 < batch.hr.min() and batch.hr.max() < 2.3          # with HU / 1000 it would be -0.001..0
+    assert -1.3 < batch.hr.min() and batch.hr.max() < 2.3
+    assert batch.hr.max() - batch.hr.min() > 1.5                   # with HU / 1000 it would span 0.001
     out = tmp_path / "mr.safetensors"
     train(mr, settings(epochs=1), out, device="cpu")
     model = load_model(out)

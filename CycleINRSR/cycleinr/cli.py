@@ -74,16 +74,16 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as exc:
         print(f"cycleinr: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Cancelled):
+        print("cycleinr: cancelled; nothing was written", file=sys.stderr)
+        return 130
     except (MemoryError, RuntimeError) as exc:
         if not out_of_memory(exc):
             raise
         detail = " ".join(str(exc).split())[:160] or type(exc).__name__
-        print(f"cycleinr: error: out of memory ({detail}); choose a thicker target, "
-              "a smaller --tile or --window, or --device cpu on a small GPU; nothing was written", file=sys.stderr)
+        print(f"cycleinr: error: out of memory ({detail}); upsample: choose a thicker "
+              "target, a smaller --tile or --window; train: a smaller --batch_size or --patch", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, Cancelled):
-        print("cycleinr: cancelled; nothing was written", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -270,17 +270,24 @@ def _restore(snapshot, model, opt, rng) -> None:
     torch.set_rng_state(snapshot[3])
 
 
+NOT_HU_RANGE = 100     # CT spans more (tissue, bone, noise); 0-1 images and z-scores far less
+
+
 def intensity_normalisation(volumes: list[Volume]) -> dict:
-    """{} for CT in HU (air near -1000: the presets' HU / 1000). Else (MR, 0-1 images) the model's
+    """{} for CT in HU (the presets' HU / 1000) and for any data spanning 100 units or more. Only data that
+    is clearly not HU (0-1 images, z-scored MR: no value near -1000 and a 0.5-99.5th percentile range
+    under ``NOT_HU_RANGE``) gets the model's
     ``intensity_offset`` and ``intensity_scale`` that map the data's 0.5-99.5th percentiles onto CT's
     normalised air-to-bone range, -1 .. 2, so the network, its augmentation and its tissue test see the
     same numbers as on CT; the JSON keeps them and inference uses them."""
-    sample = np.concatenate([np.asarray(v.array).ravel()[::97] for v in volumes]).astype(np.float64)
-    if sample.min() <= -200:
+    if min(float(np.min(v.array)) for v in volumes) <= -200:
         return {}
+    sample = np.concatenate([np.asarray(v.array).ravel()[::97] for v in volumes]).astype(np.float64)
     lo, hi = np.percentile(sample, [0.5, 99.5])
     if not hi > lo:
         raise ValueError("the training volumes are (nearly) constant: there is nothing to learn")
+    if hi - lo >= NOT_HU_RANGE:          # e.g. an air-free CT crop, or MR in the thousands: HU / 1000 suits it
+        return {}
     scale = (hi - lo) / 3.0
     return {"intensity_offset": float(lo + scale), "intensity_scale": float(scale)}
 
@@ -315,12 +322,16 @@ def train(volumes: list[Volume], settings: TrainSettings, output: str | Path, va
     if init and not resume:
         from .weights import load_model
         start = load_model(init)
-        saved = replace(start.config, **units)          # a CT model fine-tuned on MR takes the MR's units
+        hu = {"intensity_offset": 0.0, "intensity_scale": 1000.0}
+        saved = replace(start.config, **(units or hu))   # the data's units, whatever the init was trained on
         if _keep_measured_margin(config, saved) is not saved:
             raise ValueError(f"{init}: its configuration differs from the training preset's; fine-tuning needs the same")
         config = saved
-    elif resume:                   # a fine-tuned run's checkpoint holds its init's margin
-        config = _keep_measured_margin(config, _checkpoint_config(resume))
+    elif resume:                   # a fine-tuned run's checkpoint holds its init's margin, and its units
+        saved = _checkpoint_config(resume)
+        if saved is not None:
+            config = replace(config, intensity_offset=saved.intensity_offset, intensity_scale=saved.intensity_scale)
+        config = _keep_measured_margin(config, saved)
     model = CycleINR(config).to(dev)
     if start is not None:
         model.load_state_dict(start.state_dict())

@@ -103,8 +103,8 @@ def add_model_options(p) -> None:
     p.add_argument("--window", type=int_at_least(2), metavar="LR_SLICES",
                    help=f"input slices per window, >= 2 (default: sized for the device, {DEFAULT_WINDOW} on CPU for the paper-size model, 84 for the fast one)")
     p.add_argument("--overlap", type=int_at_least(0), metavar="LR_SLICES",
-                   help=f"slices shared by neighbouring windows, 0 .. window-1 (default {DEFAULT_OVERLAP}, or "
-                        "window-1 for a smaller --window)")
+                   help=f"slices shared by neighbouring windows, 0 .. window-1 (default {DEFAULT_OVERLAP}, fitted "
+                        "to a smaller --window)")
     p.add_argument("--tile", type=int_at_least(8), metavar="PIXELS",
                    help=f"in-plane tile size, >= 8 (default: {DEFAULT_TILE['cpu']} on CPU, sized for the GPU on CUDA)")
     p.add_argument("--noise", default="match", choices=NOISE_MODES,
@@ -124,10 +124,10 @@ def add_model_options(p) -> None:
 
 
 def check_options(args) -> None:
-    """Window and overlap that fit together; an overlap not given fits the window (``--window 2``: 1)."""
-    if args.overlap is None:
-        args.overlap = DEFAULT_OVERLAP if args.window is None else min(DEFAULT_OVERLAP, args.window - 1)
-    if args.window is not None and args.overlap >= args.window:
+    """An overlap given must fit the window; one not given is the default, which inference fits to each
+    axis itself (``--window 2``: 1 slice along z, 2 pixels in-plane)."""
+    given, args.overlap = args.overlap is not None, DEFAULT_OVERLAP if args.overlap is None else args.overlap
+    if given and args.window is not None and args.overlap >= args.window:
         raise ValueError(f"--overlap {args.overlap} must be smaller than --window {args.window}")
 
 
@@ -237,7 +237,7 @@ def run(args) -> int:
     try:
         target = resolve_target_spacing(geometry.slice_spacing, args.thickness, args.factor)
     except ValueError as exc:
-        note = coarse_axis_note(geometry.spacing)
+        note = coarse_axis_note(geometry.spacing) if "is not smaller than" in str(exc) else ""
         raise ValueError(f"{exc}; {note}" if note else str(exc)) from None
     check_input(volume, geometry, target, chosen)
     warnings = input_warnings(volume, geometry.slice_spacing / target, net, chosen, geometry.spacing)

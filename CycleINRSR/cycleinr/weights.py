@@ -156,6 +156,8 @@ def load_model(spec: str | os.PathLike = "default", device: str | torch.device =
     try:
         model = CycleINR(ModelConfig.from_dict(meta["config"]))
     except (TypeError, ValueError, RuntimeError) as exc:     # a hand-edited or damaged JSON
+        if str(exc).startswith("unknown model settings"):     # written by a newer cycleinr
+            raise WeightsError(f"{path}: {exc}") from None
         raise WeightsError(f"{path}: its JSON configuration is not usable ({exc}); use the JSON written "
                            "with these weights") from None
     try:
