@@ -178,10 +178,13 @@ def losses(model: CycleINR, batch: Batch, cycle_weight: float, device, norm: str
 
 
 def validate(model: CycleINR, volumes: list[np.ndarray], scales, mode: str, device) -> dict[str, float]:
-    """Mean PSNR (HU window [-1024, 2048]) and SNLI of upsampled simulated thick slices: the network's own
-    output (``noise="none"``), so that seeded matched noise neither scores nor picks the best epoch."""
-    from .metrics import psnr, snli
+    """Mean PSNR (HU window [-1024, 2048], or the same normalised range in the model's units for data
+    that is not HU) and SNLI of upsampled simulated thick slices: the network's own output
+    (``noise="none"``), so that seeded matched noise neither scores nor picks the best epoch."""
+    from .metrics import HU_WINDOW, psnr, snli
 
+    units = model.config.intensity_scale / 1000.0        # CT: 1, the window exactly [-1024, 2048]
+    window = tuple(model.config.intensity_offset + w * units for w in HU_WINDOW)
     model.eval()
     psnrs, snlis = [], []
     for hr in volumes:
@@ -189,7 +192,7 @@ def validate(model: CycleINR, volumes: list[np.ndarray], scales, mode: str, devi
             lr, pos = simulate_thick(hr, s, mode)
             res = upsample(lr, (1.0, 1.0, float(s)), factor=s, model=model, device=device, noise="none")
             ref = hr[: len(res.positions)]
-            psnrs.append(psnr(ref, res.array))
+            psnrs.append(psnr(ref, res.array, window=window))
             snlis.append(snli(res.array).value)
     model.train()
     return {"val_psnr": float(np.mean(psnrs)), "val_snli": float(np.mean(snlis))}
