@@ -19,14 +19,13 @@ from __future__ import annotations
 import csv
 import datetime
 import io
-import os
 import sys
 from pathlib import Path
 
 from .data import VOLUME_SUFFIXES
 from .geometry import resolve_target_spacing
 from .inference import Cancelled
-from .outputs import CSV_FORMATS, VOLUME_FORMATS, OutputError, Staged, check_output, format_of
+from .outputs import CSV_FORMATS, VOLUME_FORMATS, OutputError, Staged, check_output, format_of, resolved
 from .upsample_cmd import (
     add_model_options,
     add_size_options,
@@ -88,22 +87,17 @@ def find_inputs(paths) -> list[Path]:
     return found
 
 
-def real(path) -> Path:
-    """The file a path names, links resolved: two spellings of one file compare equal."""
-    return Path(os.path.realpath(path))
-
-
 def check_not_inputs(outdir: Path, given, inputs: list[Path], outputs: list[Path]) -> None:
     """Outputs never replace an input, and never land in an input folder, where the next run would take
     them for inputs (and upsample them again)."""
-    folders = {real(g) for g in given if Path(g).is_dir() and not is_dicom_folder(Path(g))}
-    if real(outdir) in folders:
+    folders = {resolved(g) for g in given if Path(g).is_dir() and not is_dicom_folder(Path(g))}
+    if resolved(outdir) in folders:
         raise OutputError(f"--out {outdir} is an input folder: the results would be read as inputs by the next "
                           "run, and could replace input files; write them to another folder")
-    sources = {real(i): i for i in inputs}
+    sources = {resolved(i): i for i in inputs}
     for out in outputs:
-        if real(out) in sources:
-            raise OutputError(f"the output {out} would replace the input {sources[real(out)]}; write the "
+        if resolved(out) in sources:
+            raise OutputError(f"the output {out} would replace the input {sources[resolved(out)]}; write the "
                               "results to another folder (--out)")
 
 

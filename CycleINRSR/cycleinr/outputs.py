@@ -53,18 +53,23 @@ def check_output(path: str | os.PathLike, formats: tuple[str, ...], what: str = 
     return path
 
 
+def resolved(path) -> Path:
+    """The file a path names, links resolved: two spellings of one file compare equal."""
+    return Path(os.path.realpath(path))
+
+
 def check_distinct(paths: dict[str, Path | None], inputs=()) -> None:
     """No two outputs may be the same file, and no output may be an input (also through a link)."""
     seen: dict[Path, str] = {}
     for what, path in paths.items():
         if path is None:
             continue
-        key = Path(os.path.realpath(path))
+        key = resolved(path)
         if key in seen:
             raise OutputError(f"{what} and {seen[key]} are the same file {path}; give different names")
         seen[key] = what
     for source in inputs:
-        key = Path(os.path.realpath(source))
+        key = resolved(source)
         if key in seen:
             raise OutputError(f"{seen[key]} {source} is the input; write the result to another file")
 

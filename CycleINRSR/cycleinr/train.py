@@ -325,8 +325,8 @@ def train(volumes: list[Volume], settings: TrainSettings, output: str | Path, va
     if init and not resume:
         from .weights import load_model
         start = load_model(init)
-        hu = {"intensity_offset": 0.0, "intensity_scale": 1000.0}
-        saved = replace(start.config, **(units or hu))   # the data's units, whatever the init was trained on
+        saved = replace(start.config, intensity_offset=config.intensity_offset,   # the data's units (HU included),
+                        intensity_scale=config.intensity_scale)                    # whatever the init was trained on
         if _keep_measured_margin(config, saved) is not saved:
             raise ValueError(f"{init}: its configuration differs from the training preset's; fine-tuning needs the same")
         config = saved

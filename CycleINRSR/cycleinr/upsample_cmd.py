@@ -126,7 +126,9 @@ def add_model_options(p) -> None:
 def check_options(args) -> None:
     """An overlap given must fit the window; one not given is the default, which inference fits to each
     axis itself (``--window 2``: 1 slice along z, 2 pixels in-plane)."""
-    given, args.overlap = args.overlap is not None, DEFAULT_OVERLAP if args.overlap is None else args.overlap
+    given = args.overlap is not None
+    if not given:
+        args.overlap = DEFAULT_OVERLAP
     if given and args.window is not None and args.overlap >= args.window:
         raise ValueError(f"--overlap {args.overlap} must be smaller than --window {args.window}")
 
@@ -186,8 +188,9 @@ def input_warnings(volume: np.ndarray, factor: float, net, model_spec: str, spac
             found.append(f"intensities {low:g}..{high:g} do not look like CT in Hounsfield units (no air near "
                          "-1000 HU); the bundled models were trained on CT in HU only, so results on MR or "
                          "unscaled CT are not validated")
-    if spacing is not None and coarse_axis_note(spacing):
-        found.append(coarse_axis_note(spacing))
+    note = coarse_axis_note(spacing) if spacing is not None else ""
+    if note:
+        found.append(note)
     return found
 
 
