@@ -79,6 +79,7 @@ TRAINED = ("attention.", "decoder.")   # parameters the adaptation trains; the e
 CYCLE_WEIGHT = 0.0               # the cycle term changed nothing here and cost half the steps
 ANCHOR_CROP = (16, 128, 128)     # central crop (slices, pixels) the unadapted model upsamples as anchor
 STEPS = 600                      # at most this many steps, whatever the budget: more lost at x5
+PROFILES_FROM = "input"          # in-plane profiles of: the thick input, the upsampled crop, or both
 AXIS_NAMES = {1: "y", 2: "x"}
 
 
@@ -182,7 +183,27 @@ def anchor_volume(net: CycleINR, volume: np.ndarray, spacing_xyz, plan: dict, de
                        noise="none", cancel=cancel).array
     except Cancelled:
         raise Cancelled("adaptation cancelled") from None
-    return [Volume(out, "the unadapted model's output")] if len(out) >= thin_slices_touched(plan["lr_slices"], plan["scale"]) else []
+    if len(out) < thin_slices_touched(plan["lr_slices"], plan["scale"]):
+        return []
+    volumes = [Volume(out, "the unadapted model's output")]
+    if PROFILES_FROM != "input":
+        volumes += upsampled_profiles(out, spacing_xyz, plan)
+    return volumes
+
+
+def upsampled_profiles(out: np.ndarray, spacing_xyz, plan: dict) -> list[Volume]:
+    """In-plane profiles of the unadapted model's output on the crop, whose K is already at the thin
+    spacing: patches whose in-plane axes are all fine, as at inference (the thick input's own profiles
+    have the coarse K in-plane). The targets along the profile axis are the scan's own pixels."""
+    need = thin_slices_touched(plan["lr_slices"], plan["scale"])
+    axis_spacing = {"y": (1, spacing_xyz[1]), "x": (2, spacing_xyz[0])}
+    volumes = []
+    for name in plan["axes"]:
+        axis, spacing = axis_spacing[name]
+        arr = resample_axis(out, axis, spacing, plan["thin_spacing"])
+        if len(arr) >= need and arr.shape[1] >= plan["patch"][0] and arr.shape[2] >= plan["patch"][1]:
+            volumes.append(Volume(arr, f"{name} profiles of the upsampled crop"))
+    return volumes
 
 
 def trainable(net: CycleINR) -> list[torch.nn.Parameter]:
@@ -234,7 +255,12 @@ def adapt_model(model: CycleINR, volume: np.ndarray, spacing_xyz, seconds: float
              for _ in range(2)]
 
     net = copy.deepcopy(model).to(dev).eval()
-    train_volumes = plan["train"] + anchor_volume(net, volume, spacing_xyz, plan, dev, cancel)
+    anchor = anchor_volume(net, volume, spacing_xyz, plan, dev, cancel)
+    upsampled_only = PROFILES_FROM == "upsampled" and len(anchor) > 1
+    train_volumes = anchor + ([] if upsampled_only else plan["train"])
+    if upsampled_only:          # every in-plane axis is fine: the patch need not fit the thick K
+        edge = min(PATCH, *(min(v.array.shape[1:]) for v in anchor))
+        draw = {**draw, "patch": (edge, edge)}
     trained = trainable(net)
 
     def fixed_loss() -> dict:
@@ -291,7 +317,7 @@ def adapt_model(model: CycleINR, volume: np.ndarray, spacing_xyz, seconds: float
         "target_spacing_mm": float(target_spacing), "degradation": degradation, "seed": int(seed),
         "learning_rate": learning_rate, "batch_size": batch_size, "lr_slices": plan["lr_slices"],
         "patch": list(plan["patch"]), "loss": norm, "cycle_weight": cycle_weight,
-        "trained": "+".join(t.rstrip(".") for t in TRAINED), "anchor": len(train_volumes) > len(plan["train"]),
+        "trained": "+".join(t.rstrip(".") for t in TRAINED), "anchor": bool(anchor), "profiles_from": PROFILES_FROM,
         "eval_patches": sum(len(b.lr) for b in fixed), "device": str(dev),
     }
     return net, report

@@ -24,6 +24,10 @@ recipe's bound: the whole network (encoder too) fitted to the truth at each rate
 ``--internal S`` adds another: the same recipe fitted to the *thick input* along K as its own truth at
 scale S (its slices S times further apart as input): the inference geometry, at a coarser physical scale.
 
+``--trained all``, ``--no-anchor``, ``--lr RATE`` and ``--steps N`` run the product's adaptation with
+another recipe (the whole network instead of attention + decoder, no anchor volume, another rate or
+step cap), to measure what ``cycleinr.adapt``'s choices cost or buy on a given scan.
+
 ``--transpose`` evaluates a thick-slice scan on its in-plane check instead: the array's y axis becomes
 the slice axis (thin truth at the in-plane pixel spacing), so the adaptation can only use x.
 """
@@ -89,6 +93,29 @@ def fit_along_k(model, thin, scale, seconds, degradation, device, seed, whole_ra
     return net.eval(), steps, time.perf_counter() - start
 
 
+def adapted_upsample(lr, spacing, run, budget, degradation, args):
+    """``upsample(..., adapt=budget)``, or with ``--trained/--no-anchor/--lr/--steps`` the same two steps
+    (``adapt.adapt_model``, then upsampling with the copy) with that recipe."""
+    if not (args.trained == "all" or args.no_anchor or args.lr or args.steps or args.profiles != "input"):
+        return upsample(lr, spacing, **run, adapt=budget, degradation=degradation)
+    saved = adapt.TRAINED, adapt.ANCHOR_CROP, adapt.PROFILES_FROM
+    try:
+        adapt.PROFILES_FROM = args.profiles
+        if args.trained == "all":
+            adapt.TRAINED = ("",)                           # every parameter name starts with ""
+        if args.no_anchor:
+            adapt.ANCHOR_CROP = (0, 0, 0)                   # no crop holds a patch: no anchor volume
+        net, report = adapt.adapt_model(run["model"], lr, spacing, budget, target_spacing=run["target_spacing"],
+                                        degradation=degradation, seed=run["seed"], device=run["device"],
+                                        max_iterations=args.steps or None,
+                                        learning_rate=args.lr or adapt.LEARNING_RATE)
+    finally:
+        adapt.TRAINED, adapt.ANCHOR_CROP, adapt.PROFILES_FROM = saved
+    result = upsample(lr, spacing, **{**run, "model": net})
+    result.adaptation = report
+    return result
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("volume", help="thin-slice volume (ground truth)")
@@ -108,6 +135,14 @@ def main():
     ap.add_argument("--no-adapt", action="store_true", help="skip the product's adaptation (variants only)")
     ap.add_argument("--internal", type=float, default=0.0,
                     help="also fit the thick input along K as its own truth at this scale (e.g. 2)")
+    ap.add_argument("--trained", default="decoder", choices=["decoder", "all"],
+                    help="parameters adaptation trains: attention + decoder (the product's) or all")
+    ap.add_argument("--no-anchor", action="store_true", help="adapt without the anchor volume")
+    ap.add_argument("--lr", type=float, default=0.0, help="adaptation learning rate (0: the product's)")
+    ap.add_argument("--profiles", default="input", choices=["input", "upsampled", "both"],
+                    help="in-plane profiles of the thick input (the product's), of the unadapted model's "
+                    "upsampled central crop (K at the thin spacing), or both")
+    ap.add_argument("--steps", type=int, default=0, help="adaptation step cap (0: the product's)")
     ap.add_argument("--noise", default="none", choices=["none", "match"],
                     help="upsample's noise option (default none: the network's own output, whose dip ratio "
                          "adaptation may change; match restores the noise level either way)")
@@ -122,7 +157,9 @@ def main():
     hr = shifted(hr, (sz, sy, sx), args.blur, args.extra_noise, args.seed)
     base = load_model(args.model, args.device)
     print(f"{args.volume} {hr.shape} spacing x {sx:.3f} y {sy:.3f} z {sz:.3f} mm, model {args.model}, "
-          f"{args.degradation}, blur {args.blur:g} mm, extra noise {args.extra_noise:g} HU, torch threads {torch.get_num_threads()}")
+          f"{args.degradation}, blur {args.blur:g} mm, extra noise {args.extra_noise:g} HU, torch threads {torch.get_num_threads()}, "
+          f"adaptation: trained {args.trained}, anchor {not args.no_anchor}, lr {args.lr or adapt.LEARNING_RATE:g}, "
+          f"steps {args.steps or adapt.STEPS}, profiles of {args.profiles}")
     print("scale | adapt s | iterations | used s | loss on fixed patches before -> after | PSNR dB | gain dB | dip ratio")
     for s in args.scales:
         lr, _ = simulate_thick(hr, s, args.degradation)
@@ -136,7 +173,7 @@ def main():
               f"{p_lin:.2f} dB, dip {d_lin:.3f})", flush=True)
         for budget in args.budgets:
             if not args.no_adapt:
-                result = upsample(lr, spacing, **run, adapt=budget, degradation=args.degradation)
+                result = adapted_upsample(lr, spacing, run, budget, args.degradation, args)
                 rep = result.adaptation
                 p, d = score(hr, result.array, s)
                 print(f"x{s:g} | {budget:g} | {rep['iterations']} | {rep['seconds']:.1f} | {rep['loss_before']:.3e} -> "

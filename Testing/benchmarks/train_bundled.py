@@ -8,7 +8,7 @@
 
 Head CT training slab in every orientation (slices 0-75; in-plane axes as extra slice axes) plus the
 5 mm chest CT's in-plane axes only (``--chest ''`` leaves the chest out: a head-only model, for which the
-chest is a scanner never seen). Scales 2.0-6.0, cycle loss and local attention on; degradation and
+chest is a scanner never seen; ``--no-head`` leaves the head out, for which it is one). Scales 2.0-6.0, cycle loss and local attention on; degradation and
 loss margin are TrainSettings' defaults (noise-matched interval sampling, loss on the patch core since
 issue 11; the models bundled before it used plain interval sampling and no margin). The learning rate is higher than the paper's 1e-4 and the loss is L2, not L1, because a CPU
 run has an hour, not 3000 epochs: L1's gradient is the same for every voxel, so the noise of flat regions
@@ -49,6 +49,8 @@ def main():
     ap.add_argument("--chest", default="../shared/data/lung_dx_a0001_chest_ct_5mm.nrrd",
                     help="chest CT whose in-plane axes are trained on; '' leaves it out (a head-only model, for "
                     "which the chest is a scanner never seen)")
+    ap.add_argument("--no-head", action="store_true",
+                    help="leave the head out: a chest-only model, for which the head is a scanner never seen")
     ap.add_argument("--minutes", type=float, default=60)
     ap.add_argument("--epochs", type=int, default=100000, help="stop after this many epochs (or --minutes)")
     ap.add_argument("--threads", type=int, default=0)
@@ -75,7 +77,9 @@ def main():
     signal.signal(signal.SIGINT, signal.default_int_handler)      # even when started in the background
     if args.threads:
         torch.set_num_threads(args.threads)
-    volumes = load_volumes([f"{args.data}/head_train.nrrd"], slice_axes=(0, 1, 2))
+    if args.no_head and not args.chest:
+        ap.error("--no-head with --chest '' leaves nothing to train on")
+    volumes = [] if args.no_head else load_volumes([f"{args.data}/head_train.nrrd"], slice_axes=(0, 1, 2))
     if args.chest:
         volumes += load_volumes([args.chest], slice_axes=(1, 2))
     recipe = dict(RECIPES[args.recipe])
@@ -89,7 +93,8 @@ def main():
         recipe["model_overrides"] = {**recipe.get("model_overrides", {}), "blend_band": args.blend_band}
     settings = TrainSettings(**recipe, epochs=args.epochs, checkpoint_every=5, max_minutes=args.minutes,
                              precision=args.precision)
-    data = "head CT slices 0-75 (axes z, y, x)" + (" + chest CT 5 mm (axes y, x)" if args.chest else " only")
+    parts = ([] if args.no_head else ["head CT slices 0-75 (axes z, y, x)"]) + (["chest CT 5 mm (axes y, x)"] if args.chest else [])
+    data = " + ".join(parts) + (" only" if len(parts) == 1 else "")
     info = {"data": data, "recipe": args.recipe, "ablation": args.ablation,
             "hardware": f"CPU, {torch.get_num_threads()} threads"}
     if args.init:
