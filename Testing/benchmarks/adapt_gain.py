@@ -26,7 +26,9 @@ scale S (its slices S times further apart as input): the inference geometry, at 
 
 ``--trained all``, ``--no-anchor``, ``--lr RATE`` and ``--steps N`` run the product's adaptation with
 another recipe (the whole network instead of attention + decoder, no anchor volume, another rate or
-step cap), to measure what ``cycleinr.adapt``'s choices cost or buy on a given scan.
+step cap), to measure what ``cycleinr.adapt``'s choices cost or buy on a given scan. A scan a model never
+saw: ``--model`` a head-only (``train_bundled.py --chest ''``) model with the chest's ``--transpose``, or a
+chest-only (``train_bundled.py --no-head``) model on the head slab.
 
 ``--transpose`` evaluates a thick-slice scan on its in-plane check instead: the array's y axis becomes
 the slice axis (thin truth at the in-plane pixel spacing), so the adaptation can only use x.
@@ -96,11 +98,10 @@ def fit_along_k(model, thin, scale, seconds, degradation, device, seed, whole_ra
 def adapted_upsample(lr, spacing, run, budget, degradation, args):
     """``upsample(..., adapt=budget)``, or with ``--trained/--no-anchor/--lr/--steps`` the same two steps
     (``adapt.adapt_model``, then upsampling with the copy) with that recipe."""
-    if not (args.trained == "all" or args.no_anchor or args.lr or args.steps or args.profiles != "input"):
+    if not (args.trained == "all" or args.no_anchor or args.lr or args.steps):
         return upsample(lr, spacing, **run, adapt=budget, degradation=degradation)
-    saved = adapt.TRAINED, adapt.ANCHOR_CROP, adapt.PROFILES_FROM
+    saved = adapt.TRAINED, adapt.ANCHOR_CROP
     try:
-        adapt.PROFILES_FROM = args.profiles
         if args.trained == "all":
             adapt.TRAINED = ("",)                           # every parameter name starts with ""
         if args.no_anchor:
@@ -110,7 +111,7 @@ def adapted_upsample(lr, spacing, run, budget, degradation, args):
                                         max_iterations=args.steps or None,
                                         learning_rate=args.lr or adapt.LEARNING_RATE)
     finally:
-        adapt.TRAINED, adapt.ANCHOR_CROP, adapt.PROFILES_FROM = saved
+        adapt.TRAINED, adapt.ANCHOR_CROP = saved
     result = upsample(lr, spacing, **{**run, "model": net})
     result.adaptation = report
     return result
@@ -139,9 +140,6 @@ def main():
                     help="parameters adaptation trains: attention + decoder (the product's) or all")
     ap.add_argument("--no-anchor", action="store_true", help="adapt without the anchor volume")
     ap.add_argument("--lr", type=float, default=0.0, help="adaptation learning rate (0: the product's)")
-    ap.add_argument("--profiles", default="input", choices=["input", "upsampled", "both"],
-                    help="in-plane profiles of the thick input (the product's), of the unadapted model's "
-                    "upsampled central crop (K at the thin spacing), or both")
     ap.add_argument("--steps", type=int, default=0, help="adaptation step cap (0: the product's)")
     ap.add_argument("--noise", default="none", choices=["none", "match"],
                     help="upsample's noise option (default none: the network's own output, whose dip ratio "
@@ -159,7 +157,7 @@ def main():
     print(f"{args.volume} {hr.shape} spacing x {sx:.3f} y {sy:.3f} z {sz:.3f} mm, model {args.model}, "
           f"{args.degradation}, blur {args.blur:g} mm, extra noise {args.extra_noise:g} HU, torch threads {torch.get_num_threads()}, "
           f"adaptation: trained {args.trained}, anchor {not args.no_anchor}, lr {args.lr or adapt.LEARNING_RATE:g}, "
-          f"steps {args.steps or adapt.STEPS}, profiles of {args.profiles}")
+          f"steps {args.steps or adapt.STEPS}")
     print("scale | adapt s | iterations | used s | loss on fixed patches before -> after | PSNR dB | gain dB | dip ratio")
     for s in args.scales:
         lr, _ = simulate_thick(hr, s, args.degradation)
