@@ -5,6 +5,8 @@ REAL ``python -m cycleinr upsample`` command line in a subprocess (tiny randomly
 volumes), and the job with real MRML from slicer-core. Nothing here needs Qt.
 """
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -663,6 +665,27 @@ def test_panel_size_limits_are_the_command_lines():
 
     for window, overlap, tile in ((2, 0, 8), (2, 1, 0), (0, 5, 0), (0, 0, 0)):
         assert upsampling.sizeProblem(window, overlap, tile) == "", (window, overlap, tile)
+
+
+@pytest.mark.parametrize("window, overlap, tile", [
+    (1, 0, 0), (2, 0, 0), (2, 1, 0), (2, 2, 0), (3, 2, 0), (5, 7, 0), (0, 5, 0), (0, 0, 7), (0, 0, 8), (6, 0, 9)])
+def test_panel_size_limits_agree_with_the_command_line(window, overlap, tile):
+    """The panel repeats the command line's size limits as literals (its helpers must not import the core,
+    which needs torch): for sizes on both sides of each limit, the panel refuses exactly what the command
+    it builds would refuse (the parser's bounds, then check_options)."""
+    from cycleinr import upsample_cmd
+    from cycleinr.cli import build_parser
+    from CycleINRSRLib import upsampling
+
+    words = proc.buildUpsampleCommand("py", "i.nrrd", "o.nrrd", thickness=1, window=window, overlap=overlap,
+                                      tile=tile)[3:]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            upsample_cmd.check_options(build_parser().parse_args(words))
+        command_line = True
+    except (SystemExit, ValueError):
+        command_line = False
+    assert (upsampling.sizeProblem(window, overlap, tile) == "") == command_line, (window, overlap, tile)
 
 
 def test_importing_the_slicer_helpers_does_not_load_torch():
