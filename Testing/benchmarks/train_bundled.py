@@ -8,8 +8,8 @@
 
 Head CT training slab in every orientation (slices 0-75; in-plane axes as extra slice axes) plus the
 5 mm chest CT's in-plane axes only (``--chest ''`` leaves the chest out: a head-only model, for which the
-chest is a scanner never seen; ``--no-head`` leaves the head out, for which it is one). Scales 2.0-6.0, cycle loss and local attention on; degradation and
-loss margin are TrainSettings' defaults (noise-matched interval sampling, loss on the patch core since
+chest is a scanner never seen; ``--no-head`` leaves the head out, for which it is one). Scales 2.0-6.0,
+cycle loss and local attention on; degradation and loss margin are TrainSettings' defaults (noise-matched interval sampling, loss on the patch core since
 issue 11; the models bundled before it used plain interval sampling and no margin). The learning rate is higher than the paper's 1e-4 and the loss is L2, not L1, because a CPU
 run has an hour, not 3000 epochs: L1's gradient is the same for every voxel, so the noise of flat regions
 drowns the edges that linear interpolation gets wrong, and L1 runs stayed at linear interpolation.
