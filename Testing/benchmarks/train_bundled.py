@@ -51,6 +51,9 @@ def main():
                     "which the chest is a scanner never seen)")
     ap.add_argument("--no-head", action="store_true",
                     help="leave the head out: a chest-only model, for which the head is a scanner never seen")
+    ap.add_argument("--head-axes", default="zyx",
+                    help="head axes used as slice axes (default zyx; yx: its in-plane axes only, so every patch "
+                    "has the 1.5 mm z in-plane, as every chest patch has its 5 mm z)")
     ap.add_argument("--minutes", type=float, default=60)
     ap.add_argument("--epochs", type=int, default=100000, help="stop after this many epochs (or --minutes)")
     ap.add_argument("--threads", type=int, default=0)
@@ -79,7 +82,10 @@ def main():
         torch.set_num_threads(args.threads)
     if args.no_head and not args.chest:
         ap.error("--no-head with --chest '' leaves nothing to train on")
-    volumes = [] if args.no_head else load_volumes([f"{args.data}/head_train.nrrd"], slice_axes=(0, 1, 2))
+    if not args.head_axes or set(args.head_axes) - set("zyx") or len(set(args.head_axes)) < len(args.head_axes):
+        ap.error(f"--head-axes takes distinct letters from zyx, got {args.head_axes!r}")
+    head_axes = tuple("zyx".index(a) for a in args.head_axes)
+    volumes = [] if args.no_head else load_volumes([f"{args.data}/head_train.nrrd"], slice_axes=head_axes)
     if args.chest:
         volumes += load_volumes([args.chest], slice_axes=(1, 2))
     recipe = dict(RECIPES[args.recipe])
@@ -93,7 +99,7 @@ def main():
         recipe["model_overrides"] = {**recipe.get("model_overrides", {}), "blend_band": args.blend_band}
     settings = TrainSettings(**recipe, epochs=args.epochs, checkpoint_every=5, max_minutes=args.minutes,
                              precision=args.precision)
-    parts = ([] if args.no_head else ["head CT slices 0-75 (axes z, y, x)"]) + (["chest CT 5 mm (axes y, x)"] if args.chest else [])
+    parts = ([] if args.no_head else [f"head CT slices 0-75 (axes {', '.join(args.head_axes)})"]) + (["chest CT 5 mm (axes y, x)"] if args.chest else [])
     data = " + ".join(parts) + (" only" if len(parts) == 1 else "")
     info = {"data": data, "recipe": args.recipe, "ablation": args.ablation,
             "hardware": f"CPU, {torch.get_num_threads()} threads"}
