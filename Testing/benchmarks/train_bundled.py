@@ -99,7 +99,9 @@ def main():
         recipe["model_overrides"] = {**recipe.get("model_overrides", {}), "blend_band": args.blend_band}
     settings = TrainSettings(**recipe, epochs=args.epochs, checkpoint_every=5, max_minutes=args.minutes,
                              precision=args.precision)
-    parts = ([] if args.no_head else [f"head CT slices 0-75 (axes {', '.join(args.head_axes)})"]) + (["chest CT 5 mm (axes y, x)"] if args.chest else [])
+    parts = [] if args.no_head else [f"head CT slices 0-75 (axes {', '.join(args.head_axes)})"]
+    if args.chest:
+        parts.append("chest CT 5 mm (axes y, x)")
     data = " + ".join(parts) + (" only" if len(parts) == 1 else "")
     info = {"data": data, "recipe": args.recipe, "ablation": args.ablation,
             "hardware": f"CPU, {torch.get_num_threads()} threads"}
