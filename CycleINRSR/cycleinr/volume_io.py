@@ -1,18 +1,28 @@
 """Reading and writing volumes with SimpleITK: any file it reads, or a DICOM series folder.
 
 Writes are atomic (a temporary file in the destination folder, then a rename) so that a failed or
-cancelled run never leaves a half-written file where a good one was.
+cancelled run never leaves a half-written file where a good one was. Where SimpleITK is not installed
+(the GPU machines), NRRD files are read and written with numpy alone (``nrrd``) and other formats are
+refused with a message that says so.
 """
 
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from .geometry import Geometry
+from .nrrd import NrrdError, read_nrrd, write_nrrd
+
+try:
+    import SimpleITK as sitk
+except ImportError:                  # NRRD only, through .nrrd
+    sitk = None
+
+NEEDS_SIMPLEITK = "needs SimpleITK (pip install SimpleITK); without it only .nrrd files can be read and written"
 
 
 class VolumeError(ValueError):
@@ -24,7 +34,10 @@ def geometry_of(image: sitk.Image) -> Geometry:
 
 
 def dicom_series_ids(folder) -> tuple[str, ...]:
-    """The DICOM series in a folder, without ITK's console warning when there are none."""
+    """The DICOM series in a folder, without ITK's console warning when there are none (none without
+    SimpleITK, which alone reads DICOM here)."""
+    if sitk is None:
+        return ()
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
@@ -114,8 +127,26 @@ def check_volume(array: np.ndarray, what: str = "volume") -> None:
         raise VolumeError(f"{what} contains NaN or infinite values; replace them (e.g. with the background value) first")
 
 
-def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Geometry, int]:
-    """Return the (z, y, x) array, its geometry and SimpleITK pixel id, after checking it is usable."""
+def read_without_simpleitk(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """An NRRD file's array and geometry through ``nrrd``; anything else is refused."""
+    path = Path(path)
+    if not path.exists():
+        raise VolumeError(f"{path}: no such file or folder")
+    if path.is_dir() or path.suffix.lower() != ".nrrd":
+        raise VolumeError(f"{path}: reading DICOM folders and {path.suffix or 'suffix-less'} files {NEEDS_SIMPLEITK}")
+    try:
+        return read_nrrd(path)
+    except (NrrdError, OSError, EOFError, zlib.error) as exc:
+        raise VolumeError(f"{path}: cannot be read ({exc})") from None
+
+
+def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Geometry, int | None]:
+    """Return the (z, y, x) array, its geometry and SimpleITK pixel id (None without SimpleITK), after
+    checking it is usable."""
+    if sitk is None:
+        array, geometry = read_without_simpleitk(path)
+        check_volume(array, str(path))
+        return array, geometry, None
     image = read_image(path)
     if image.GetDimension() != 3:
         raise VolumeError(f"{path}: image is {image.GetDimension()}D; a 3D volume is needed")
@@ -153,7 +184,12 @@ def to_image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
 
 def write_image_file(path: str | os.PathLike, array: np.ndarray, geometry: Geometry) -> None:
     """Write (compressed) to exactly ``path``, which must be a temporary name that gets renamed."""
-    sitk.WriteImage(to_image(array, geometry), str(path), True)
+    if sitk is not None:
+        sitk.WriteImage(to_image(array, geometry), str(path), True)
+    elif str(path).lower().endswith(".nrrd"):
+        write_nrrd(path, array, geometry)
+    else:
+        raise RuntimeError(f"writing {Path(path).suffix} files {NEEDS_SIMPLEITK}")
 
 
 def write_volume(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, dtype=None) -> Path:
