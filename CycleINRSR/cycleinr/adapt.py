@@ -45,7 +45,10 @@ model on the head slab; model card, "Two scanners never seen"): these settings g
 +0.26 / +0.14 dB (x3 / x5, 120 s). The whole network at 1e-4 gains +0.17 / +0.29 and +0.19 / +0.45; no
 anchor, no step cap, and in-plane profiles of the anchor's upsampled crop added to the training volumes
 (commit 0eb263e) moved the gains by -0.05 to +0.09 dB (those profiles alone: -0.05 to -0.12). No variant
-was better on both scans at both scales, so these settings stay.
+was better on both scans at both scales, so these settings stay. Neither was the encoder at a third of the
+others' rate (+0.13 / +0.26, +0.18 / +0.45) nor the whole network at 3e-4 (+0.10 / +0.19, +0.22 / +0.39). The
+budget is not the limit: fitted to the thin truth itself for 120 s, the whole network at 3e-4 gains +0.64 /
++0.83 dB on the first scan; the in-plane pairs are what fall short.
 
 The thin spacing is the input's slice spacing over the ratio rounded to one decimal (the scales
 ``data.sample_batch`` draws), so the simulated thick slices are exactly the input's slice spacing apart

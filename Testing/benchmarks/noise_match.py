@@ -31,13 +31,13 @@ from cycleinr.metrics import psnr, snli
 from cycleinr.volume_io import read_volume
 
 
-def outputs(lr, spacing, scale, models, ensemble=1):
+def outputs(lr, spacing, scale, models, ensemble=1, device="cpu"):
     """(method, noise mode, output) for linear interpolation, then each model without and with matching."""
     yield "linear", "none", interpolate(lr, spacing, factor=scale, method="linear").array
     for model in models:
         name = model if ensemble == 1 else f"{model} ensemble {ensemble}"
         for noise in ("none", "match"):
-            yield name, noise, upsample(lr, spacing, factor=scale, model=model, device="cpu", noise=noise,
+            yield name, noise, upsample(lr, spacing, factor=scale, model=model, device=device, noise=noise,
                                         ensemble=ensemble).array
 
 
@@ -66,6 +66,7 @@ def main():
     ap.add_argument("--all-phases", action="store_true", help="with truth: repeat each scale with the first "
                     "thick slice at every thin slice the thick spacing spans (truth cut to match), then print the "
                     "mean distance of each method's SNLI to HR's over the phases")
+    ap.add_argument("--device", default="cpu", help="where the models run (cuda: bf16, so not the CPU's figures)")
     args = ap.parse_args()
     volume, geometry, _ = read_volume(args.volume)
     sx, sy, sz = geometry.spacing
@@ -99,7 +100,7 @@ def rows(volume, thick_spacing, s, phase, args):
         ideal = level_matched_snli(reference.sigmas, s)
         print(f"x{s:g} | {phase} | HR level at acquired slices | - | - | {ideal:.3f} | {reference.value:.3f} | -")
         yield "HR level at acquired slices", abs(ideal - reference.value)
-    for name, noise, out in outputs(lr, spacing, s, args.models, args.ensemble):
+    for name, noise, out in outputs(lr, spacing, s, args.models, args.ensemble, args.device):
         new = new_slice_mask(len(out), s)
         result = snli(out)
         ratio = result.sigmas[new].mean() / result.sigmas[~new].mean()

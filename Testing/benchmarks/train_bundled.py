@@ -1,4 +1,5 @@
-"""Train a bundled model on the provided real CT split (runs/data from split_data.py) on the CPU.
+"""Train a bundled model on the provided real CT split (runs/data from split_data.py), on the CPU or
+(recipe ``gpu``, ``--device cuda``: issue 12, run by Testing/benchmarks/train_gpu.sh) on a GPU.
 
     python Testing/benchmarks/train_bundled.py paper runs/models/cycleinr_paper.safetensors --minutes 70
     python Testing/benchmarks/train_bundled.py paper runs/models/cycleinr_paper.safetensors --minutes 85 \
@@ -30,6 +31,11 @@ RECIPES = {
                   iterations_per_epoch=10, halve_every=40, loss="l2"),
     "fast": dict(preset="fast", patch=32, batch_size=4, lr_slices=6, learning_rate=1e-3,
                  iterations_per_epoch=20, halve_every=40, loss="l2"),
+    # the paper preset sized for one GPU (issue 12's H100 probe: batch 16, 48x48, L2, bf16), with the bundled
+    # default model's z context (10 thick slices: its stage 4 moved x5) and blend band, so --init can fine-tune it
+    "gpu": dict(preset="paper", patch=48, batch_size=16, lr_slices=10, learning_rate=3e-4,
+                iterations_per_epoch=50, halve_every=40, loss="l2", precision="bfloat16",
+                model_overrides={"blend_band": 0.25}),
 }
 
 
@@ -68,7 +74,8 @@ def main():
     ap.add_argument("--iterations", type=int, help="iterations per epoch (overrides the recipe)")
     ap.add_argument("--lr-slices", type=int, help="thick slices per training patch (overrides the recipe; "
                     "more give the codes more z context)")
-    ap.add_argument("--precision", default="float32", choices=TRAIN_PRECISIONS,
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the gpu recipe's)")
+    ap.add_argument("--precision", choices=TRAIN_PRECISIONS,
                     help="bfloat16: mixed precision (2.5x faster on this CPU's AMX units for the paper preset)")
     ap.add_argument("--blur-max", type=float, help="kernel jitter: blur half the patches up to this Gaussian "
                     "sigma in voxels (TrainSettings.blur_max; off by default)")
@@ -97,17 +104,21 @@ def main():
     recipe.update({key: getattr(args, option) for option, key in overrides.items() if getattr(args, option)})
     if args.blend_band:
         recipe["model_overrides"] = {**recipe.get("model_overrides", {}), "blend_band": args.blend_band}
+    precision = args.precision or recipe.pop("precision", "float32")
+    recipe.pop("precision", None)          # the recipe's, when --precision overrides it
     settings = TrainSettings(**recipe, epochs=args.epochs, checkpoint_every=5, max_minutes=args.minutes,
-                             precision=args.precision)
+                             precision=precision)
     parts = [] if args.no_head else [f"head CT slices 0-75 (axes {', '.join(args.head_axes)})"]
     if args.chest:
         parts.append("chest CT 5 mm (axes y, x)")
     data = " + ".join(parts) + (" only" if len(parts) == 1 else "")
-    info = {"data": data, "recipe": args.recipe, "ablation": args.ablation,
-            "hardware": f"CPU, {torch.get_num_threads()} threads"}
+    device = torch.device(args.device)
+    hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"CPU, {torch.get_num_threads()} threads")
+    info = {"data": data, "recipe": args.recipe, "ablation": args.ablation, "hardware": hardware}
     if args.init:
         info["initialised_from"] = args.init
-    summary = train(volumes, settings, args.output, resume=args.resume, device="cpu", info=info, init=args.init,
+    summary = train(volumes, settings, args.output, resume=args.resume, device=device, info=info, init=args.init,
                     log=lambda r: print(json.dumps(r), flush=True))
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}), file=sys.stderr)
 
