@@ -12,7 +12,7 @@
 # On a bare device machine (gpu_env.sh: the checkout's cycleinr, NRRD without SimpleITK, PyWavelets from .whl),
 # prepared here once: python Testing/benchmarks/split_data.py ../shared/data runs/data;
 # cp ../shared/data/lung_dx_a0001_chest_ct_5mm.nrrd runs/data/; PyWavelets' cp312 wheel into .whl; carry runs/data
-# and .whl (about 48 MB with the checkout, of a call's 64 MiB).
+# and .whl (50 MB with the checkout, of a call's 64 MiB; runs/models too for ADAPT_MODEL).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source Testing/benchmarks/gpu_env.sh
