@@ -24,6 +24,7 @@ import sys
 import torch
 
 from cycleinr.data import load_volumes
+from cycleinr.inference import select_device
 from cycleinr.train import TRAIN_PRECISIONS, TrainSettings, train
 
 RECIPES = {
@@ -112,7 +113,7 @@ def main():
     if args.chest:
         parts.append("chest CT 5 mm (axes y, x)")
     data = " + ".join(parts) + (" only" if len(parts) == 1 else "")
-    device = torch.device(args.device)
+    device = select_device(args.device)          # a clear error where CUDA is asked for and absent
     hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
                 else f"CPU, {torch.get_num_threads()} threads")
     info = {"data": data, "recipe": args.recipe, "ablation": args.ablation, "hardware": hardware}
