@@ -50,7 +50,7 @@ def test_reads_the_bundled_sample_as_simpleitk_does():
 def test_ras_big_endian_raw_header_reads_as_simpleitk_reads_it(tmp_path):
     """A hand-written header of the kinds other tools write: RAS space, big-endian raw data, comments and
     key:=value lines. ITK turns RAS into LPS; so must this reader."""
-    array = np.arange(2 * 3 * 4, dtype=">i2").reshape(2, 3, 4) - 7
+    array = (np.arange(2 * 3 * 4) - 7).astype(">i2").reshape(2, 3, 4)
     header = ("NRRD0005\n# a comment: with a colon\ntype: short\ndimension: 3\nspace: right-anterior-superior\n"
               "sizes: 4 3 2\nspace directions: (0.5,0,0) (0,-0.75,0) (0,0,2.5)\nkinds: domain domain domain\n"
               "endian: big\nencoding: raw\nspace origin: (10,20,-30)\nsoftware:=a tool\n\n")
@@ -58,7 +58,17 @@ def test_ras_big_endian_raw_header_reads_as_simpleitk_reads_it(tmp_path):
     path.write_bytes(header.encode() + array.tobytes())
     read, geometry = read_nrrd(path)
     assert_same_as_itk(path, read, geometry)
+    np.testing.assert_array_equal(read, np.arange(24).reshape(2, 3, 4) - 7)       # big-endian values, not bytes
     assert geometry.origin == (-10.0, -20.0, -30.0) and geometry.spacing == (0.5, 0.75, 2.5)
+
+
+def test_gzip_data_followed_by_a_newline_read_as_simpleitk_reads_them(tmp_path):
+    import gzip
+    array = np.arange(24, dtype="<i2").reshape(2, 3, 4)
+    header = "NRRD0004\ntype: short\ndimension: 3\nsizes: 4 3 2\nendian: little\nencoding: gzip\nspacings: 1 2 3\n\n"
+    path = tmp_path / "nl.nrrd"
+    path.write_bytes(header.encode() + gzip.compress(array.tobytes()) + b"\n")
+    assert_same_as_itk(path, *read_nrrd(path))
 
 
 def test_written_files_read_back_in_simpleitk_unchanged(tmp_path):
@@ -69,7 +79,7 @@ def test_written_files_read_back_in_simpleitk_unchanged(tmp_path):
     assert_same_as_itk(path, array, geometry)
     again, same = read_nrrd(path)
     np.testing.assert_array_equal(again, array)
-    assert np.allclose(same.direction, geometry.direction) and same.spacing == geometry.spacing
+    assert np.allclose(same.direction, geometry.direction) and np.allclose(same.spacing, geometry.spacing)
 
 
 @pytest.mark.parametrize("header, message", [
@@ -78,6 +88,12 @@ def test_written_files_read_back_in_simpleitk_unchanged(tmp_path):
     ("NRRD0004\ntype: short\ndimension: 3\nsizes: 2 2 2\nencoding: raw\ndata file: v.raw\n\n", "separate file"),
     ("NRRD0004\ntype: block\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n\n", "pixel type 'block'"),
     ("P5 2 2 255\n", "not an NRRD file"),
+    ("NRRD0004\ntype: short\ndimension: 3\nsizes: 2 2 2\nencoding: raw\nbyte skip: 6\n\n", "skips part"),
+    ("NRRD0004\ntype: short\ndimension: 3\nsizes: 2 2 2\nencoding: raw\nline skip: 1\n\n", "skips part"),
+    ("NRRD0004\ntype: uchar\ndimension: 3\nsizes: 3 2 2\nkinds: RGB-color domain domain\nencoding: raw\n\n",
+     "kinds 'RGB-color domain domain'"),
+    ("NRRD0004\ntype: short\ndimension: 3\nsizes: 2 2 2\nencoding: raw\nspacings: 1 1 1\naxis mins: 1 2 3\n\n",
+     "axis extents"),
 ])
 def test_refuses_what_it_cannot_read_and_says_to_install_simpleitk(tmp_path, header, message):
     path = tmp_path / "bad.nrrd"
@@ -85,6 +101,13 @@ def test_refuses_what_it_cannot_read_and_says_to_install_simpleitk(tmp_path, hea
     with pytest.raises(NrrdError, match=message) as err:
         read_nrrd(path)
     assert "pip install SimpleITK" in str(err.value)
+
+
+def test_malformed_numbers_are_refused_with_the_file_named(tmp_path):
+    path = tmp_path / "typo.nrrd"
+    path.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 2 x 2\nencoding: raw\n\n" + bytes(16))
+    with pytest.raises(NrrdError, match=f"{path}: unreadable NRRD"):
+        read_nrrd(path)
 
 
 def test_truncated_data_are_refused(tmp_path):
@@ -106,7 +129,8 @@ try:
 except volume_io.VolumeError as exc:
     refused = str(exc)
 code = main(["upsample", sys.argv[1], sys.argv[2] + "/out.nrrd", "--factor", "2", "--model", "fast", "--quiet"])
-print(json.dumps({"shape": array.shape, "pixel_id": pixel_id, "refused": refused, "code": code}))
+nifti = main(["upsample", sys.argv[1], sys.argv[2] + "/out.nii.gz", "--factor", "2", "--model", "no-such-model"])
+print(json.dumps({"shape": array.shape, "pixel_id": pixel_id, "refused": refused, "code": code, "nifti": nifti}))
 """
 
 
@@ -127,6 +151,9 @@ def test_volume_io_and_the_command_line_work_without_simpleitk(tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["code"] == 0 and result["shape"] == [6, 60, 50] and result["pixel_id"] is None
     assert "needs SimpleITK" in result["refused"]
+    assert result["nifti"] == 2                      # refused before the model is even looked up:
+    assert "out.nii.gz: writing .nii.gz files needs SimpleITK" in done.stderr and "no-such-model" not in done.stderr
+    assert not (tmp_path / "out.nii.gz").exists()
     from cycleinr.cli import main
     assert main(["upsample", str(crop), str(tmp_path / "ref.nrrd"), "--factor", "2", "--model", "fast", "--quiet"]) == 0
     out, out_spacing, out_origin, out_direction = itk(tmp_path / "out.nrrd")

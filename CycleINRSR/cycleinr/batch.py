@@ -22,6 +22,7 @@ import io
 import sys
 from pathlib import Path
 
+from . import volume_io
 from .data import VOLUME_SUFFIXES
 from .geometry import resolve_target_spacing
 from .inference import Cancelled
@@ -81,8 +82,9 @@ def find_inputs(paths) -> list[Path]:
             inside = sorted(c for c in path.iterdir() if (c.is_file() and c.name.lower().endswith(INPUT_SUFFIXES))
                             or (c.is_dir() and is_dicom_folder(c)))
             if not inside:
+                dicom = "" if volume_io.sitk is not None else f" (reading DICOM {volume_io.NEEDS_SIMPLEITK})"
                 raise ValueError(f"input folder {path} holds no volume files ({', '.join(INPUT_SUFFIXES)}) and "
-                                 "no DICOM series (directly or one level down)")
+                                 f"no DICOM series (directly or one level down){dicom}")
             found.extend(inside)
     return found
 

@@ -2,18 +2,18 @@
 
 The GPU machines lent to this project have no SimpleITK, and its wheel (53 MB) does not fit in a device
 call beside the checkout and the CT it should read. ``volume_io`` falls back to this reader and writer
-when SimpleITK cannot be imported. It covers what ITK and 3D Slicer write for a scalar 3D volume (NRRD0001-5,
-one attached file, raw or gzip, either byte order, ``space directions`` and ``space origin`` in LPS or RAS,
-or plain ``spacings``) and refuses anything else with a message that says to install SimpleITK.
-Geometry follows ITK: spacing is the length of each axis's direction vector, the direction matrix holds
-the unit vectors as columns, and a RAS header is turned into LPS, as ITK reads it.
+when SimpleITK cannot be imported. It reads what ITK and 3D Slicer write for a scalar 3D volume (NRRD0001-5,
+data attached and unskipped, raw or gzip, either byte order, ``space directions`` and ``space origin`` in LPS or
+RAS, or positive ``spacings`` with no axis extents) and refuses every other file, naming what it does not handle
+and saying to install SimpleITK, which reads more. Geometry follows ITK: spacing is the length of each axis's
+direction vector, the direction matrix holds the unit vectors as columns, and RAS is turned into LPS.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -82,20 +82,42 @@ def geometry_from(fields: dict[str, str], path) -> Geometry:
             raise _unsupported(path, "an axis has a zero direction vector")
         direction = (vectors / spacing[:, None]).T             # columns: the unit vector of each axis
         return Geometry(tuple(spacing.tolist()), tuple(origin.tolist()), tuple(direction.ravel().tolist()))
+    if {"axis mins", "axismins", "axis maxs", "axismaxs"} & set(fields):
+        raise _unsupported(path, "its placement is given by axis extents")
     spacings = [float(s) for s in fields.get("spacings", "1 1 1").split()]
     if len(spacings) != 3 or not all(np.isfinite(spacings)) or min(spacings) <= 0:
         raise _unsupported(path, f"spacings {fields.get('spacings')!r}")
     return Geometry(tuple(spacings))
 
 
+def decompress(data: bytes) -> bytes:
+    """The first gzip member (ITK, like zlib, ignores whatever follows it, e.g. a newline)."""
+    return zlib.decompressobj(wbits=31).decompress(data)
+
+
 def read_nrrd(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """The (z, y, x) array and its geometry."""
+    try:
+        return _read(path)
+    except NrrdError:
+        raise
+    except (ValueError, zlib.error) as exc:               # malformed numbers or data: name the file
+        raise NrrdError(f"{path}: unreadable NRRD ({exc})") from None
+
+
+def _read(path) -> tuple[np.ndarray, Geometry]:
     raw = Path(path).read_bytes()
     fields, start = read_header(raw, path)
     if "data file" in fields or "datafile" in fields:
         raise _unsupported(path, "its data are in a separate file")
+    skips = {k: fields[k] for k in ("line skip", "lineskip", "byte skip", "byteskip") if k in fields}
+    if any(v.strip() != "0" for v in skips.values()):
+        raise _unsupported(path, f"it skips part of its data ({', '.join(f'{k}: {v}' for k, v in skips.items())})")
     if fields.get("dimension") != "3":
         raise _unsupported(path, f"dimension {fields.get('dimension')} (a 3D volume is needed)")
+    kinds = fields.get("kinds", "domain domain domain").lower().split()
+    if len(kinds) != 3 or set(kinds) - {"domain", "space", "???", "none"}:
+        raise _unsupported(path, f"kinds {fields.get('kinds')!r} (a scalar volume has three domain axes)")
     kind = TYPES.get(fields.get("type", "").lower())
     if kind is None:
         raise _unsupported(path, f"pixel type {fields.get('type')!r}")
@@ -106,7 +128,7 @@ def read_nrrd(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     if len(sizes) != 3:
         raise _unsupported(path, f"sizes {fields.get('sizes')!r}")
     order = ">" if fields.get("endian", "little").lower() == "big" and kind[1] != "1" else "<"
-    data = raw[start:] if encoding == "raw" else gzip.decompress(raw[start:])
+    data = raw[start:] if encoding == "raw" else decompress(raw[start:])
     count = sizes[0] * sizes[1] * sizes[2]
     dtype = np.dtype(order + kind)
     if len(data) < count * dtype.itemsize:
@@ -128,6 +150,7 @@ def write_nrrd(path: str | os.PathLike, array: np.ndarray, geometry: Geometry) -
               f"sizes: {array.shape[2]} {array.shape[1]} {array.shape[0]}\nspace directions: {fmt}\n"
               "kinds: domain domain domain\nendian: little\nencoding: gzip\n"
               f"space origin: ({','.join(repr(float(v)) for v in geometry.origin)})\n\n")
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31)              # wbits 31: a gzip stream
     with open(path, "wb") as f:
         f.write(header.encode("ascii"))
-        f.write(gzip.compress(array.astype(array.dtype.newbyteorder("<")).tobytes(), compresslevel=6))
+        f.write(packer.compress(array.astype(array.dtype.newbyteorder("<")).tobytes()) + packer.flush())

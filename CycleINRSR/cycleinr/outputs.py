@@ -13,6 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from . import volume_io
 from .volume_io import default_file_mode
 
 # Single-file formats only: a .mhd/.nhdr header names its data file, which a rename would break.
@@ -38,9 +39,12 @@ def check_output(path: str | os.PathLike, formats: tuple[str, ...], what: str = 
     allowed = ", ".join(formats)
     if path.is_dir():
         raise OutputError(f"{what} {path} is a folder; give a file name ending in {allowed}")
-    if format_of(path, formats) is None:
+    fmt = format_of(path, formats)
+    if fmt is None:
         ext = "".join(path.suffixes[-1:]) or "none"
         raise OutputError(f"{what} {path}: extension {ext!r} is not supported; use one of {allowed}")
+    if fmt in VOLUME_FORMATS and not volume_io.can_write(fmt):
+        raise OutputError(f"{what} {path}: writing {fmt} files {volume_io.NEEDS_SIMPLEITK}; give a .nrrd name")
     folder = path.parent
     if not folder.is_dir():
         raise OutputError(f"{what} {path}: folder {folder} does not exist; create it first")

@@ -25,6 +25,11 @@ except ImportError:                  # NRRD only, through .nrrd
 NEEDS_SIMPLEITK = "needs SimpleITK (pip install SimpleITK); without it only .nrrd files can be read and written"
 
 
+def can_write(volume_format: str) -> bool:
+    """Whether this installation writes that volume format ('.nrrd', '.nii.gz', ...): all with SimpleITK."""
+    return sitk is not None or volume_format == ".nrrd"
+
+
 class VolumeError(ValueError):
     """A volume that cannot be used: the message says what is wrong and what to do."""
 
@@ -186,10 +191,13 @@ def write_image_file(path: str | os.PathLike, array: np.ndarray, geometry: Geome
     """Write (compressed) to exactly ``path``, which must be a temporary name that gets renamed."""
     if sitk is not None:
         sitk.WriteImage(to_image(array, geometry), str(path), True)
-    elif str(path).lower().endswith(".nrrd"):
-        write_nrrd(path, array, geometry)
+    elif not str(path).lower().endswith(".nrrd"):        # outputs.check_output refuses these before any work
+        raise RuntimeError(f"writing {''.join(Path(path).suffixes[-2:])} files {NEEDS_SIMPLEITK}")
     else:
-        raise RuntimeError(f"writing {Path(path).suffix} files {NEEDS_SIMPLEITK}")
+        try:
+            write_nrrd(path, array, geometry)
+        except NrrdError as exc:                           # an array type NRRD cannot hold: a write error
+            raise RuntimeError(str(exc).replace(f"{path}: ", "")) from None
 
 
 def write_volume(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, dtype=None) -> Path:

@@ -22,7 +22,8 @@ OUT=${2:-runs/gpu}
 HEAD_SLAB=${HEAD_SLAB:-runs/data/head_test_crop.nrrd}
 ADAPT_MODEL=${ADAPT_MODEL:-fast}
 mkdir -p "$OUT"
-python -m pytest -q -m gpu Testing/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.txt"
+python -m pytest -q -m gpu Testing/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.txt" \
+  || echo "GPU tests failed (see gpu_tests.txt); measuring the rest anyway" | tee -a "$OUT/gpu_tests.txt"
 python -m cycleinr bench --device cuda --presets default fast --volume "$CT" --factor 5 --repeats 2 \
   --json "$OUT/bench_cuda.json" 2>&1 | tee "$OUT/bench_cuda.txt"
 for preset in paper fast; do
