@@ -33,6 +33,15 @@ def weights(tmp_path):
     return save_model(tmp_path / "tiny.safetensors", make_model())
 
 
+@pytest.fixture(scope="module")
+def chest():
+    """A 10 x 64 x 64 crop of the bundled 5 mm chest CT (0.84 mm pixels): real in-plane detail."""
+    from cycleinr.volume_io import read_volume
+    from cycleinr.weights import models_dir
+    array, geometry, _ = read_volume(models_dir().parent / "SampleData" / "CycleINRSampleChestCT5mm.nrrd")
+    return array[10:20, 120:184, 120:184].astype(np.float32), geometry.spacing
+
+
 def phantom(shape=(12, 20, 22), seed=0) -> np.ndarray:
     """A CT-like int16 volume in HU: air, a soft-tissue ellipsoid with a bone shell, noise."""
     rng = np.random.default_rng(seed)

@@ -13,19 +13,10 @@ from cycleinr.adapt import check_budget, prepare, resample_axis
 from cycleinr.cli import main
 from cycleinr.data import Volume, sample_batch
 from cycleinr.geometry import Geometry
-from cycleinr.volume_io import read_volume, write_volume
+from cycleinr.volume_io import write_volume
 from cycleinr.weights import models_dir
 
 from conftest import phantom
-
-SAMPLE = models_dir().parent / "SampleData" / "CycleINRSampleChestCT5mm.nrrd"
-
-
-@pytest.fixture(scope="module")
-def chest():
-    """A 10 x 64 x 64 crop of the bundled 5 mm chest CT (0.84 mm pixels): real in-plane detail."""
-    array, geometry, _ = read_volume(SAMPLE)
-    return array[10:20, 120:184, 120:184].astype(np.float32), geometry.spacing
 
 
 def digest(path) -> str:

@@ -82,26 +82,16 @@ def test_cuda_training_step_with_bf16_autocast_learns():
     assert float(total) < first
 
 
-def adapt_on(device: str):
-    """Adapt the bundled fast model on a 10 x 64 x 64 crop of the bundled 5 mm chest CT on ``device``;
-    returns the untouched base's reference state, the base, the copy, its report and the adapted output."""
-    from cycleinr import adapt_model, load_model
-    from cycleinr.volume_io import read_volume
-    from cycleinr.weights import models_dir
-
-    array, geometry, _ = read_volume(models_dir().parent / "SampleData" / "CycleINRSampleChestCT5mm.nrrd")
-    crop = array[10:20, 120:184, 120:184].astype(np.float32)
-    base = load_model("fast")
-    reference = {k: v.clone() for k, v in base.state_dict().items()}
-    net, report = adapt_model(base, crop, geometry.spacing, 60, target_spacing=2.0, device=device, max_iterations=60)
-    out = upsample(crop, geometry.spacing, target_spacing=2.0, model=net, device=device, noise="none")
-    return reference, base, net, report, crop, out
-
-
-def test_adaptation_on_cuda_learns_on_a_copy_and_upsamples_with_it():
+def test_adaptation_on_cuda_learns_on_a_copy_and_upsamples_with_it(chest):
     """``--adapt`` on CUDA (issue 13): the copy trains on the GPU and lowers the in-plane loss as on the
     CPU, the model passed in stays on the CPU unchanged, and the adapted copy upsamples within the input's range."""
-    reference, base, net, report, crop, out = adapt_on("cuda")
+    from cycleinr import adapt_model, load_model
+
+    crop, spacing = chest
+    base = load_model("fast")
+    reference = {k: v.clone() for k, v in base.state_dict().items()}
+    net, report = adapt_model(base, crop, spacing, 60, target_spacing=2.0, device="cuda", max_iterations=60)
+    out = upsample(crop, spacing, target_spacing=2.0, model=net, device="cuda", noise="none")
     assert report["device"].startswith("cuda") and next(net.parameters()).is_cuda
     assert report["iterations"] == 60 and report["kept"] == "adapted"
     assert report["loss_after"] < 0.997 * report["loss_before"]

@@ -9,7 +9,6 @@ refused with a message that says so.
 from __future__ import annotations
 
 import os
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +140,7 @@ def read_without_simpleitk(path: str | os.PathLike) -> tuple[np.ndarray, Geometr
         raise VolumeError(f"{path}: reading DICOM folders and {path.suffix or 'suffix-less'} files {NEEDS_SIMPLEITK}")
     try:
         return read_nrrd(path)
-    except (NrrdError, OSError, EOFError, zlib.error) as exc:
+    except (NrrdError, OSError) as exc:           # read_nrrd turns malformed data into NrrdError
         raise VolumeError(f"{path}: cannot be read ({exc})") from None
 
 

@@ -105,10 +105,9 @@ def main():
     recipe.update({key: getattr(args, option) for option, key in overrides.items() if getattr(args, option)})
     if args.blend_band:
         recipe["model_overrides"] = {**recipe.get("model_overrides", {}), "blend_band": args.blend_band}
-    precision = args.precision or recipe.pop("precision", "float32")
-    recipe.pop("precision", None)          # the recipe's, when --precision overrides it
+    precision = recipe.pop("precision", "float32")
     settings = TrainSettings(**recipe, epochs=args.epochs, checkpoint_every=5, max_minutes=args.minutes,
-                             precision=precision)
+                             precision=args.precision or precision)
     parts = [] if args.no_head else [f"head CT slices 0-75 (axes {', '.join(args.head_axes)})"]
     if args.chest:
         parts.append("chest CT 5 mm (axes y, x)")
